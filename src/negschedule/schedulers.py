@@ -38,19 +38,37 @@ class UnknownSchedulerError(InputError):
     """Raised for a scheduler name outside :data:`SCHEDULERS`."""
 
 
-def make_scheduler(name: str, base_config: dict[str, Any] | None = None):
-    """Build scheduler ``name`` from ``base_config`` (a pipeline's scheduler config) or SD's defaults."""
+def make_scheduler(name: str, base_config: dict[str, Any] | None = None, **overrides: Any):
+    """Build scheduler ``name`` from ``base_config`` (a pipeline's scheduler config) or SD's defaults.
+
+    ``overrides`` are further config values (e.g. ``skip_prk_steps=True`` for PNDM).
+    """
     import diffusers
 
     if name not in SCHEDULERS:
         raise UnknownSchedulerError("scheduler", name, f"unknown name; choose one of {', '.join(SCHEDULERS)}")
-    class_name, overrides = SCHEDULERS[name]
+    class_name, sampler_overrides = SCHEDULERS[name]
     config = dict(SD_BASE_CONFIG if base_config is None else base_config)
+    config.update(sampler_overrides)
     config.update(overrides)
+    # diffusers resets keys listed in `_use_default_values` to the class default on load, which would
+    # silently drop an override of such a key: keep only the keys we did not set.
+    forced = set(sampler_overrides) | set(overrides)
+    if "_use_default_values" in config:
+        config["_use_default_values"] = [k for k in config["_use_default_values"] if k not in forced]
     return getattr(diffusers, class_name).from_config(config)
 
 
-def set_scheduler(pipe, name: str):
+def set_scheduler(pipe, name: str, **overrides: Any):
     """Swap ``pipe.scheduler`` for scheduler ``name`` built on the pipeline's own config."""
-    pipe.scheduler = make_scheduler(name, dict(pipe.scheduler.config))
+    pipe.scheduler = make_scheduler(name, dict(pipe.scheduler.config), **overrides)
     return pipe
+
+
+def scheduler_name(scheduler) -> str:
+    """The short name of ``scheduler`` if it is one of ours, else its class name."""
+    class_name = type(scheduler).__name__
+    for name, (cls, overrides) in SCHEDULERS.items():
+        if cls == class_name and all(scheduler.config.get(k) == v for k, v in overrides.items()):
+            return name
+    return class_name

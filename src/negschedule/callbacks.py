@@ -1,0 +1,135 @@
+"""A drop-in ``PipelineCallback`` that times the negative prompt on a stock SD / SDXL pipeline.
+
+The stock pipelines concatenate ``[negative; positive]`` embeddings once, before their loop, and
+hand them to ``callback_on_step_end`` after every loop pass. The callback swaps the negative half
+(and SDXL's pooled negative in ``add_text_embeds``) whenever the next pass belongs to a step whose
+active negative text differs. A callback runs *after* pass ``i``, so the state for pass 0 must be
+set up front: :meth:`NegativeScheduleCallback.pipeline_kwargs` gives the ``negative_prompt`` (and,
+in ``cfg_off`` mode, the ``guidance_scale``) to start the call with.
+
+In ``cfg_off`` mode the steps whose negative is off run without CFG at all (one model evaluation,
+positive prediction only, like A1111's "Skip Early CFG"): the callback flips the pipeline's
+``_guidance_scale`` between 1 (CFG off) and the user's scale, as diffusers' own
+``SDCFGCutoffCallback`` does, and grows or shrinks the embedding batch to match.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+from diffusers.callbacks import PipelineCallback
+
+from .conditioning import NegativeEncoder, NegativeKey, is_sdxl
+from .errors import InputError
+from .passes import step_of_passes
+
+
+class NegativeScheduleCallback(PipelineCallback):
+    """Swap the negative conditioning per step, following ``step_keys`` (one key per step).
+
+    ``step_keys[s]`` is the tuple of per-prompt negative texts active at step ``s`` (None = off).
+    Build it with :func:`negschedule.generate.plan_negatives`, or let :func:`negschedule.generate`
+    do everything.
+    """
+
+    def __init__(
+        self,
+        step_keys: Sequence[NegativeKey],
+        encode_kwargs: dict[str, Any],
+        guidance_scale: float,
+        cfg_off: bool = False,
+    ):
+        super().__init__(cutoff_step_ratio=1.0)
+        if not step_keys:
+            raise InputError("num_inference_steps", 0, "must be at least 1")
+        self.step_keys = [tuple(k) for k in step_keys]
+        self.encode_kwargs = dict(encode_kwargs)
+        self.guidance_scale = float(guidance_scale)
+        self.cfg_off = cfg_off
+        self._encoder: NegativeEncoder | None = None
+        self._pass_steps: list[int] | None = None
+        self._active: NegativeKey = self.step_keys[0]
+        # Model evaluations per latent, counted per pass (2 with CFG, 1 without): for reports.
+        self.model_evaluations = 0
+
+    @property
+    def tensor_inputs(self) -> list[str]:
+        return self._tensor_inputs
+
+    def _off(self, key: NegativeKey) -> bool:
+        return all(text is None for text in key)
+
+    def _cfg_on(self, key: NegativeKey) -> bool:
+        return not (self.cfg_off and self._off(key))
+
+    def pipeline_kwargs(self) -> dict[str, Any]:
+        """Arguments the pipeline call must start with so that pass 0 runs step 0's state."""
+        from .conditioning import negative_argument
+
+        first = self.step_keys[0]
+        return {
+            "negative_prompt": negative_argument(first, self.encode_kwargs.get("prompt")),
+            "guidance_scale": self.guidance_scale if self._cfg_on(first) else 1.0,
+            "callback_on_step_end": self,
+        }
+
+    def bind(self, pipe) -> "NegativeScheduleCallback":
+        """Attach to ``pipe`` (sets the tensor inputs it needs); returns self."""
+        self._tensor_inputs = ["prompt_embeds"] + (["add_text_embeds", "add_time_ids"] if is_sdxl(pipe) else [])
+        self._encoder = NegativeEncoder(pipe, self.encode_kwargs)
+        self._active = self.step_keys[0]
+        self._pass_steps = None
+        self.model_evaluations = 0
+        return self
+
+    @property
+    def encoded_texts(self) -> list[NegativeKey]:
+        """The distinct negatives this run encoded in the callback (each once)."""
+        return [] if self._encoder is None else self._encoder.encoded_keys
+
+    def callback_fn(self, pipeline, step_index, timestep, callback_kwargs) -> dict[str, Any]:
+        if self._encoder is None or self._encoder.pipe is not pipeline:
+            self.bind(pipeline)
+        if self._pass_steps is None:
+            self._pass_steps = step_of_passes(pipeline.scheduler)
+            if self._pass_steps[-1] + 1 != len(self.step_keys):
+                raise InputError(
+                    "num_inference_steps",
+                    self._pass_steps[-1] + 1,
+                    f"the callback was planned for {len(self.step_keys)} steps",
+                )
+        self.model_evaluations += 2 if pipeline.do_classifier_free_guidance else 1
+        next_pass = step_index + 1
+        if next_pass >= len(self._pass_steps):
+            return callback_kwargs
+        key = self.step_keys[self._pass_steps[next_pass]]
+        if key == self._active:
+            return callback_kwargs
+        self._switch(pipeline, self._active, key, callback_kwargs)
+        self._active = key
+        return callback_kwargs
+
+    def _switch(self, pipeline, old: NegativeKey, new: NegativeKey, kw: dict[str, Any]) -> None:
+        """Rewrite the conditioning in ``kw`` from negative ``old`` to negative ``new``."""
+        sdxl = is_sdxl(pipeline)
+        was_cfg, now_cfg = self._cfg_on(old), self._cfg_on(new)
+        # The positive half is whatever the pipeline has been using: the second half under CFG.
+        positive = kw["prompt_embeds"].chunk(2)[1] if was_cfg else kw["prompt_embeds"]
+        if sdxl:
+            pooled = kw["add_text_embeds"].chunk(2)[1] if was_cfg else kw["add_text_embeds"]
+            time_ids = kw["add_time_ids"].chunk(2)[1] if was_cfg else kw["add_time_ids"]
+        if not now_cfg:
+            pipeline._guidance_scale = 1.0
+            kw["prompt_embeds"] = positive
+            if sdxl:
+                kw["add_text_embeds"], kw["add_time_ids"] = pooled, time_ids
+            return
+        negative = self._encoder(new)
+        pipeline._guidance_scale = self.guidance_scale
+        kw["prompt_embeds"] = torch.cat([negative.prompt_embeds.to(positive), positive])
+        if sdxl:
+            kw["add_text_embeds"] = torch.cat([negative.pooled_prompt_embeds.to(pooled), pooled])
+            if not was_cfg:
+                # Without negative size conditioning the pipeline uses the positive time ids for both halves.
+                kw["add_time_ids"] = torch.cat([time_ids, time_ids])

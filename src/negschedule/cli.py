@@ -1,0 +1,273 @@
+"""The ``negschedule`` command line: parse, call the library, save.
+
+Verbs: ``generate`` (one image), ``compare`` (no negative | negative from step 0 | from step k, one
+labelled image), and ``toy`` (train / evaluate the embedded toy-world model). Bad input prints one
+line naming the argument and its value and exits with code 2, before anything is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import InputError
+
+
+@dataclass
+class RunSettings:
+    """What one CLI generation needs; the flags below mirror it field for field."""
+
+    prompt: str
+    negative_prompt: str | None = None
+    negative_start: int | float | None = None  # int = step, float = fraction (a decimal point on the CLI)
+    negative_end: int | float | None = None
+    negative_windows: list[tuple[str, int | float, int | float | None]] = field(default_factory=list)
+    cfg_off: bool = False  # no CFG at all while the negative is off (A1111's "Skip Early CFG")
+    steps: int = 20  # num_inference_steps
+    guidance_scale: float = 7.5
+    seed: int = 0
+    height: int | None = None  # None = the model's own size
+    width: int | None = None
+    scheduler: str | None = None  # None = the model's own scheduler
+    model: str | None = None  # None = the embedded default
+    config: str | None = None  # local config folder for a single-file checkpoint
+    textual_inversions: list[tuple[str, str]] = field(default_factory=list)  # (path, token)
+
+
+def _step_value(text: str) -> int | float:
+    from .schedule import parse_step_value
+
+    return parse_step_value(text)
+
+
+def _textual_inversion(text: str) -> tuple[str, str]:
+    path, sep, token = text.rpartition(":")
+    if not sep or not path or not token:
+        raise argparse.ArgumentTypeError(f"expected PATH:TOKEN, got {text!r}")
+    return path, token
+
+
+def _add_generation_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--negative-prompt", default=None, help="may use A1111 prompt editing, e.g. '[:glasses:0.2]'")
+    p.add_argument("--negative-start", default=None, help="step (5) or fraction of steps (0.2); '1' is step 1, '1.0' all steps")
+    p.add_argument("--negative-end", default=None, help="exclusive end, step or fraction")
+    p.add_argument(
+        "--negative-window",
+        nargs=3,
+        action="append",
+        default=[],
+        metavar=("PROMPT", "START", "END"),
+        help="a further negative acting in [START, END) (END may be 'none'); repeatable",
+    )
+    p.add_argument("--cfg-off", action="store_true", help="no CFG while the negative is off (one model evaluation)")
+    p.add_argument("--steps", type=int, default=20, help="num_inference_steps")
+    p.add_argument("--guidance-scale", "--cfg-scale", type=float, default=7.5, dest="guidance_scale")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--height", type=int, default=None)
+    p.add_argument("--width", type=int, default=None)
+    p.add_argument("--scheduler", default=None, help="ddim|ddpm|euler|euler_a|dpmpp_2m|lms|pndm|heun")
+    p.add_argument("--model", default=None, help="folder, .safetensors file or hub id; default: embedded toy model")
+    p.add_argument("--config", default=None, help="local diffusers config folder for a single-file checkpoint")
+    p.add_argument(
+        "--textual-inversion",
+        type=_textual_inversion,
+        action="append",
+        default=[],
+        metavar="PATH:TOKEN",
+        help="load an embedding under TOKEN (e.g. easynegative.safetensors:EasyNegativeV2); repeatable",
+    )
+    p.add_argument("--out", required=True, help="output PNG path (its folder must exist)")
+
+
+def _settings(args: argparse.Namespace) -> RunSettings:
+    windows = []
+    for prompt, start, end in args.negative_window:
+        windows.append((prompt, _step_value(start), None if end.lower() == "none" else _step_value(end)))
+    return RunSettings(
+        prompt=args.prompt,
+        negative_prompt=args.negative_prompt,
+        negative_start=None if args.negative_start is None else _step_value(args.negative_start),
+        negative_end=None if args.negative_end is None else _step_value(args.negative_end),
+        negative_windows=windows,
+        cfg_off=args.cfg_off,
+        steps=args.steps,
+        guidance_scale=args.guidance_scale,
+        seed=args.seed,
+        height=args.height,
+        width=args.width,
+        scheduler=args.scheduler,
+        model=args.model,
+        config=args.config,
+        textual_inversions=list(args.textual_inversion),
+    )
+
+
+def _check_out(path: str) -> Path:
+    out = Path(path)
+    if not out.parent.is_dir():
+        raise InputError("out", path, f"folder {str(out.parent)!r} does not exist")
+    if out.suffix.lower() != ".png":
+        raise InputError("out", path, "must end in .png")
+    return out
+
+
+def _check_before_loading(s: RunSettings) -> None:
+    """Everything that can be checked without the model, so bad input costs no loading time."""
+    from .schedulers import SCHEDULERS
+
+    if s.steps <= 0:
+        raise InputError("steps", s.steps, "must be at least 1")
+    if s.scheduler is not None and s.scheduler not in SCHEDULERS:
+        raise InputError("scheduler", s.scheduler, f"unknown name; choose one of {', '.join(SCHEDULERS)}")
+    has_negative = s.negative_prompt is not None or bool(s.negative_windows)
+    if has_negative and s.guidance_scale <= 1:
+        raise InputError(
+            "guidance_scale", s.guidance_scale, "CFG is off at guidance_scale <= 1, so a negative prompt does nothing"
+        )
+    if has_negative:
+        from .generate import plan_negatives
+
+        plan_negatives(s.negative_prompt, s.steps, 1, s.negative_start, s.negative_end, s.negative_windows)
+    elif s.negative_start is not None or s.negative_end is not None:
+        raise InputError("negative_start", s.negative_start, "needs a --negative-prompt to time")
+
+
+def _load(s: RunSettings):
+    from .models import load_pipeline
+
+    pipe = load_pipeline(s.model, scheduler=s.scheduler, config=s.config, textual_inversions=s.textual_inversions)
+    pipe.set_progress_bar_config(disable=False, leave=False, file=sys.stderr)
+    return pipe
+
+
+def _generate(pipe, s: RunSettings, **timing: Any):
+    import torch
+
+    from .generate import generate
+
+    kwargs: dict[str, Any] = dict(
+        prompt=s.prompt,
+        num_inference_steps=s.steps,
+        guidance_scale=s.guidance_scale,
+        generator=torch.Generator().manual_seed(s.seed),
+        negative_prompt=s.negative_prompt,
+        negative_start=s.negative_start,
+        negative_end=s.negative_end,
+        negative_windows=s.negative_windows,
+        cfg_off=s.cfg_off,
+    )
+    if s.height:
+        kwargs["height"] = s.height
+    if s.width:
+        kwargs["width"] = s.width
+    kwargs.update(timing)
+    return generate(pipe, **kwargs).images[0]
+
+
+def _parameters(pipe, s: RunSettings, **extra: Any) -> str:
+    import diffusers
+
+    from . import __version__
+    from .models import describe_model
+    from .schedulers import scheduler_name
+
+    settings = {
+        "Steps": s.steps,
+        "Sampler": s.scheduler or scheduler_name(pipe.scheduler),
+        "CFG scale": s.guidance_scale,
+        "Seed": s.seed,
+        "Size": f"{s.width or pipe.unet.config.sample_size * pipe.vae_scale_factor}x"
+        f"{s.height or pipe.unet.config.sample_size * pipe.vae_scale_factor}",
+        "Model": s.model or describe_model(pipe),
+        "Negative start": s.negative_start,
+        "Negative end": s.negative_end,
+        "Negative windows": "; ".join(f"{p} [{a}, {b})" for p, a, b in s.negative_windows) or None,
+        "CFG off while negative off": True if s.cfg_off else None,
+        "Textual inversion": "; ".join(f"{t}={p}" for p, t in s.textual_inversions) or None,
+        **extra,
+        "negschedule": __version__,
+        "diffusers": diffusers.__version__,
+    }
+    from .images import a1111_parameters
+
+    return a1111_parameters(s.prompt, s.negative_prompt, settings)
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from .images import save_png
+
+    s = _settings(args)
+    out = _check_out(args.out)
+    _check_before_loading(s)
+    pipe = _load(s)
+    image = _generate(pipe, s)
+    save_png(image, out, _parameters(pipe, s))
+    print(out)
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .images import labelled_row, save_png
+
+    s = _settings(args)
+    out = _check_out(args.out)
+    if s.negative_prompt is None:
+        raise InputError("negative_prompt", None, "compare needs a --negative-prompt")
+    if s.negative_start is None:
+        raise InputError("negative_start", None, "compare needs a --negative-start (step or fraction)")
+    _check_before_loading(s)
+    pipe = _load(s)
+    from .schedule import resolve_step
+
+    k = resolve_step(s.negative_start, s.steps, "negative_start")
+    images = [
+        _generate(pipe, s, negative_prompt=None, negative_start=None, negative_end=None, negative_windows=[]),
+        _generate(pipe, s, negative_start=0),
+        _generate(pipe, s),
+    ]
+    labels = ["no negative", "negative from step 0", f"negative from step {k}"]
+    save_png(labelled_row(images, labels), out, _parameters(pipe, s, Comparison=" | ".join(labels)))
+    print(out)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(prog="negschedule", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"negschedule {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    gen = sub.add_parser("generate", help="one image with a timed negative prompt")
+    _add_generation_flags(gen)
+    gen.set_defaults(func=cmd_generate)
+    cmp = sub.add_parser("compare", help="no negative | negative from step 0 | negative from step k")
+    _add_generation_flags(cmp)
+    cmp.set_defaults(func=cmd_compare)
+    try:
+        from .toyworld import commands as toy_commands
+    except ImportError:  # the toy world is optional for the core verbs
+        toy_commands = None
+    if toy_commands is not None and hasattr(toy_commands, "register"):
+        toy_commands.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args) or 0
+    except InputError as err:
+        print(f"negschedule {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("negschedule: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,109 @@
+"""Encode a negative prompt exactly the way the pipeline itself would.
+
+Bit-exactness against the stock pipeline depends on the negative embeddings being computed by the
+same call with the same batch: so this module calls the pipeline's own ``encode_prompt`` with the
+user's own prompt arguments, and only decides what to pass as ``negative_prompt``. "Off" (``None``)
+is what the pipeline uses when it is given no negative prompt: the encoding of "" for SD 1.x/2.x,
+zero embeddings (pooled included) for SDXL with ``force_zeros_for_empty_prompt``.
+
+A batch row may be off while another is on (a list of prompts, each with its own negative
+schedule): SD encodes "" for the off rows, which is what it does for ``negative_prompt=None``;
+SDXL with forced zeros zeroes those rows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+# The per-prompt negative texts active at one step; None = off for that prompt.
+NegativeKey = tuple  # tuple[str | None, ...]
+
+
+@dataclass(frozen=True)
+class NegativeEmbeds:
+    """The negative half of the CFG batch: text embeddings and, for SDXL, the pooled embedding."""
+
+    prompt_embeds: torch.Tensor
+    pooled_prompt_embeds: torch.Tensor | None = None
+
+
+def is_sdxl(pipe) -> bool:
+    """Whether ``pipe`` conditions on pooled text embeddings the SDXL way (``add_text_embeds``)."""
+    return getattr(pipe, "text_encoder_2", None) is not None and "add_text_embeds" in getattr(
+        pipe, "_callback_tensor_inputs", ()
+    )
+
+
+def negative_argument(key: NegativeKey, prompt: Any) -> str | list[str] | None:
+    """What to pass as the pipeline's ``negative_prompt`` for ``key`` (per-prompt texts or None)."""
+    if all(text is None for text in key):
+        return None
+    texts = ["" if text is None else text for text in key]
+    # The stock pipelines insist that negative_prompt has the type of prompt (str vs list).
+    if not isinstance(prompt, list) and len(texts) == 1:
+        return texts[0]
+    return texts
+
+
+class NegativeEncoder:
+    """Encodes and caches negatives for one call: each distinct key is encoded once.
+
+    ``encode_kwargs`` are the user's own prompt arguments (``prompt``, ``prompt_2``,
+    ``prompt_embeds``, ``pooled_prompt_embeds``, ``clip_skip``, ``num_images_per_prompt``, and
+    ``lora_scale``), passed to ``encode_prompt`` unchanged so that the negative is encoded in the
+    very batch the pipeline encodes it in.
+    """
+
+    def __init__(self, pipe, encode_kwargs: dict[str, Any]):
+        self.pipe = pipe
+        self.encode_kwargs = dict(encode_kwargs)
+        self.num_images_per_prompt = self.encode_kwargs.get("num_images_per_prompt") or 1
+        self._cache: dict[NegativeKey, NegativeEmbeds] = {}
+
+    def __call__(self, key: NegativeKey) -> NegativeEmbeds:
+        if key not in self._cache:
+            self._cache[key] = self._encode(key)
+        return self._cache[key]
+
+    @property
+    def encoded_keys(self) -> list[NegativeKey]:
+        """Keys encoded so far, in order (one text-encoder call each)."""
+        return list(self._cache)
+
+    def _encode(self, key: NegativeKey) -> NegativeEmbeds:
+        pipe = self.pipe
+        kwargs = dict(self.encode_kwargs)
+        prompt = kwargs.get("prompt")
+        negative = negative_argument(key, prompt)
+        device = getattr(pipe, "_execution_device", None) or pipe.device
+        with torch.no_grad():
+            if is_sdxl(pipe):
+                out = pipe.encode_prompt(
+                    device=device,
+                    do_classifier_free_guidance=True,
+                    negative_prompt=negative,
+                    **kwargs,
+                )
+                _, negative_embeds, _, negative_pooled = out
+                zero_rows = self._rows_off(key) if pipe.config.force_zeros_for_empty_prompt else []
+                if negative is not None and zero_rows:
+                    negative_embeds = negative_embeds.clone()
+                    negative_pooled = negative_pooled.clone()
+                    negative_embeds[zero_rows] = 0
+                    negative_pooled[zero_rows] = 0
+                return NegativeEmbeds(negative_embeds, negative_pooled)
+            _, negative_embeds = pipe.encode_prompt(
+                device=device,
+                do_classifier_free_guidance=True,
+                negative_prompt=negative,
+                **kwargs,
+            )
+            return NegativeEmbeds(negative_embeds)
+
+    def _rows_off(self, key: NegativeKey) -> list[int]:
+        """Rows of the repeated batch (prompt-major, ``num_images_per_prompt`` each) whose negative is off."""
+        n = self.num_images_per_prompt
+        return [b * n + j for b, text in enumerate(key) if text is None for j in range(n)]

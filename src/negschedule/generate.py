@@ -1,0 +1,162 @@
+"""``generate(pipe, ...)``: a stock pipeline call with a timed negative prompt.
+
+It takes every keyword of the pipeline's own ``__call__`` plus the timing arguments, checks them
+before any work, plans which negative text is active at each step (``schedule.py`` decides), and
+drives the pipeline's own loop through :class:`~negschedule.callbacks.NegativeScheduleCallback`.
+The pipeline is neither copied nor forked, so every other feature of it keeps working, and its
+own output type comes back.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, Sequence
+
+from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
+
+from .callbacks import NegativeScheduleCallback
+from .conditioning import NegativeKey
+from .errors import InputError
+from .schedule import NegativeSchedule, NegativeWindow
+
+# The arguments encode_prompt takes from the user's call, so negatives encode in the pipeline's own batch.
+_ENCODE_ARGS = ("prompt", "prompt_2", "prompt_embeds", "pooled_prompt_embeds", "clip_skip", "num_images_per_prompt")
+
+
+def _call_defaults(pipe) -> dict[str, Any]:
+    """Defaults of the pipeline's ``__call__`` (``num_inference_steps``, ``guidance_scale``, ...)."""
+    params = inspect.signature(type(pipe).__call__).parameters
+    return {name: p.default for name, p in params.items() if p.default is not inspect.Parameter.empty}
+
+
+def batch_size(prompt: Any, prompt_embeds: Any) -> int:
+    """Number of prompts in the call (before ``num_images_per_prompt``)."""
+    if isinstance(prompt, str):
+        return 1
+    if isinstance(prompt, list):
+        return len(prompt)
+    if prompt_embeds is not None:
+        return prompt_embeds.shape[0]
+    raise InputError("prompt", prompt, "give a prompt (a string or a list of strings) or prompt_embeds")
+
+
+def plan_negatives(
+    negative_prompt: str | Sequence[str] | None,
+    num_inference_steps: int,
+    batch: int,
+    negative_start: int | float | None = None,
+    negative_end: int | float | None = None,
+    negative_windows: Sequence[NegativeWindow | tuple] = (),
+) -> list[NegativeKey]:
+    """Per step, the tuple of per-prompt negative texts active then (None = off). Validates everything."""
+    if isinstance(negative_prompt, (list, tuple)):
+        if len(negative_prompt) != batch:
+            raise InputError(
+                "negative_prompt", list(negative_prompt), f"has {len(negative_prompt)} entries for {batch} prompts"
+            )
+        per_prompt = list(negative_prompt)
+    else:
+        per_prompt = [negative_prompt] * batch
+    columns = []
+    for text in per_prompt:
+        schedule = NegativeSchedule.from_args(text, negative_start, negative_end, windows=negative_windows)
+        schedule.validate(num_inference_steps)
+        columns.append(schedule.texts(num_inference_steps))
+    return [tuple(column[s] for column in columns) for s in range(num_inference_steps)]
+
+
+def _combine(ours: NegativeScheduleCallback, theirs) -> Any:
+    """Run our callback, then the user's own ``callback_on_step_end`` on the updated tensors."""
+    if theirs is None:
+        return ours
+    if isinstance(theirs, (PipelineCallback, MultiPipelineCallbacks)):
+        return MultiPipelineCallbacks([ours, theirs])
+
+    def both(pipeline, step_index, timestep, callback_kwargs):
+        callback_kwargs = ours(pipeline, step_index, timestep, callback_kwargs)
+        callback_kwargs.update(theirs(pipeline, step_index, timestep, callback_kwargs) or {})
+        return callback_kwargs
+
+    return both
+
+
+def generate(
+    pipe,
+    *,
+    negative_start: int | float | None = None,
+    negative_end: int | float | None = None,
+    negative_windows: Sequence[NegativeWindow | tuple] = (),
+    cfg_off: bool = False,
+    **kwargs: Any,
+):
+    """Call ``pipe`` with its own keywords and a negative prompt that acts only in a window of steps.
+
+    ``negative_start`` / ``negative_end``: an int is a 0-based step, a float in [0, 1] a fraction of
+    ``num_inference_steps`` (``int(f * N)``); the window is half-open ``[start, end)``.
+    ``negative_windows``: further ``NegativeWindow(prompt, start, end)`` (or tuples), each acting in
+    its own window; texts active together are joined with ", ". The negative prompt may use
+    AUTOMATIC1111 prompt editing (``[:glasses:0.2]``). ``cfg_off``: while no negative is active, run
+    without CFG (positive prediction only) instead of CFG with the empty prompt.
+    Returns the pipeline's own output.
+    """
+    defaults = _call_defaults(pipe)
+    unknown = sorted(set(kwargs) - set(defaults) - {"prompt"})
+    if unknown and not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in inspect.signature(pipe.__call__).parameters.values()):
+        raise InputError(unknown[0], kwargs[unknown[0]], f"not an argument of {type(pipe).__name__}.__call__")
+    steps = kwargs.get("num_inference_steps", defaults.get("num_inference_steps", 50))
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps <= 0:
+        raise InputError("num_inference_steps", steps, "must be a positive integer")
+    guidance_scale = kwargs.get("guidance_scale", defaults.get("guidance_scale", 7.5))
+
+    negative_prompt = kwargs.pop("negative_prompt", None)
+    has_negative = negative_prompt is not None or bool(negative_windows)
+    if not has_negative:
+        if negative_start is not None or negative_end is not None:
+            raise InputError("negative_start", negative_start, "needs a negative_prompt to time")
+        return pipe(negative_prompt=None, **kwargs)
+    for name in ("negative_prompt_embeds", "negative_prompt_2", "negative_pooled_prompt_embeds"):
+        if kwargs.get(name) is not None:
+            raise InputError(name, "<given>", "cannot be timed: give negative_prompt as text")
+    if guidance_scale <= 1:
+        raise InputError(
+            "guidance_scale", guidance_scale, "CFG is off at guidance_scale <= 1, so a negative prompt does nothing"
+        )
+    if cfg_off and any(kwargs.get(n) is not None for n in ("negative_original_size", "negative_target_size")):
+        raise InputError("cfg_off", cfg_off, "cannot be combined with negative size conditioning")
+
+    prompt = kwargs.get("prompt")
+    step_keys = plan_negatives(
+        negative_prompt,
+        steps,
+        batch_size(prompt, kwargs.get("prompt_embeds")),
+        negative_start,
+        negative_end,
+        negative_windows,
+    )
+    encode_kwargs = {name: kwargs[name] for name in _ENCODE_ARGS if kwargs.get(name) is not None}
+    lora_scale = (kwargs.get("cross_attention_kwargs") or {}).get("scale")
+    if lora_scale is not None:
+        encode_kwargs["lora_scale"] = lora_scale
+    callback = NegativeScheduleCallback(step_keys, encode_kwargs, guidance_scale, cfg_off=cfg_off).bind(pipe)
+
+    user_callback = kwargs.pop("callback_on_step_end", None)
+    tensor_inputs = list(callback.tensor_inputs)
+    if user_callback is not None:
+        theirs = (
+            user_callback.tensor_inputs
+            if isinstance(user_callback, (PipelineCallback, MultiPipelineCallbacks))
+            else kwargs.get("callback_on_step_end_tensor_inputs") or ["latents"]
+        )
+        tensor_inputs += [name for name in theirs if name not in tensor_inputs]
+    start = callback.pipeline_kwargs()
+    kwargs.update(
+        negative_prompt=start["negative_prompt"],
+        guidance_scale=start["guidance_scale"],
+        callback_on_step_end=_combine(callback, user_callback),
+        callback_on_step_end_tensor_inputs=tensor_inputs,
+    )
+    try:
+        return pipe(**kwargs)
+    finally:
+        # The callback may have flipped CFG off; leave the pipeline as the user would expect it.
+        pipe._guidance_scale = guidance_scale

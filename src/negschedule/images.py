@@ -1,0 +1,71 @@
+"""Images as people in this field expect them: labelled side-by-side rows, PNGs with settings inside.
+
+PNGs carry their generation settings in the text chunk ``parameters``, laid out the way
+AUTOMATIC1111 writes them (prompt, ``Negative prompt: ...``, then ``Key: value`` pairs), so that
+tools which read A1111 metadata read ours. Files are written atomically: a temporary file in the
+target folder, then a rename, so an interrupted run never leaves half an image.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Sequence
+
+from PIL import Image, ImageDraw, ImageFont, PngImagePlugin
+
+# Tiny models draw 32x32 images: show them at least this big, pixels kept sharp.
+MIN_TILE = 256
+LABEL_HEIGHT = 22
+
+
+def a1111_parameters(prompt: str, negative_prompt: str | None, settings: dict[str, Any]) -> str:
+    """The ``parameters`` text A1111 writes: prompt, negative prompt line, then ``Key: value, ...``."""
+    lines = [prompt]
+    if negative_prompt:
+        lines.append(f"Negative prompt: {negative_prompt}")
+    lines.append(", ".join(f"{key}: {value}" for key, value in settings.items() if value is not None))
+    return "\n".join(lines)
+
+
+def save_png(image: Image.Image, path: str | os.PathLike, parameters: str | None = None) -> Path:
+    """Write ``image`` to ``path`` atomically, with ``parameters`` in its PNG text chunk."""
+    path = Path(path)
+    info = PngImagePlugin.PngInfo()
+    if parameters is not None:
+        info.add_text("parameters", parameters)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            image.save(handle, format="PNG", pnginfo=info)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def upscale(image: Image.Image, min_size: int = MIN_TILE) -> Image.Image:
+    """Enlarge small images by an integer factor with nearest-neighbour, so pixels stay visible."""
+    factor = max(1, -(-min_size // max(image.size)))
+    if factor == 1:
+        return image
+    return image.resize((image.width * factor, image.height * factor), Image.NEAREST)
+
+
+def labelled_row(images: Sequence[Image.Image], labels: Sequence[str], min_tile: int = MIN_TILE) -> Image.Image:
+    """One image: ``images`` side by side, each with its label in a bar above it."""
+    tiles = [upscale(image.convert("RGB"), min_tile) for image in images]
+    width = sum(t.width for t in tiles)
+    height = max(t.height for t in tiles) + LABEL_HEIGHT
+    row = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(row)
+    font = ImageFont.load_default()
+    x = 0
+    for tile, label in zip(tiles, labels):
+        row.paste(tile, (x, LABEL_HEIGHT))
+        draw.text((x + 4, 4), label, fill="black", font=font)
+        x += tile.width
+    return row

@@ -1,0 +1,64 @@
+"""Shared fixtures: tiny stock pipelines built offline, and a runner that records per-step latents."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+torch.set_num_threads(1)  # CPU matmul results must not depend on the thread count between runs
+
+
+@pytest.fixture(scope="session")
+def tiny_sd():
+    from negschedule.tiny import build_tiny_sd
+
+    return build_tiny_sd(seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl():
+    from negschedule.tiny import build_tiny_sdxl
+
+    return build_tiny_sdxl(seed=0)
+
+
+class StepRecorder:
+    """A user ``callback_on_step_end`` that keeps the latents after the last pass of every step."""
+
+    def __init__(self):
+        self.latents: list[torch.Tensor] = []
+        self.pass_steps = None
+
+    def __call__(self, pipe, i, t, kwargs):
+        from negschedule.passes import step_of_passes
+
+        if self.pass_steps is None:
+            self.pass_steps = step_of_passes(pipe.scheduler)
+        last_of_step = i + 1 == len(self.pass_steps) or self.pass_steps[i + 1] != self.pass_steps[i]
+        if last_of_step:
+            self.latents.append(kwargs["latents"].clone())
+        return {}
+
+
+def latents_of(fn, pipe, **kwargs):
+    """Run ``fn(pipe, ...)`` to latents with a fixed seed; returns (final latents, per-step latents)."""
+    recorder = StepRecorder()
+    kwargs.setdefault("num_inference_steps", 6)
+    kwargs.setdefault("guidance_scale", 7.5)
+    out = fn(
+        pipe,
+        generator=torch.Generator().manual_seed(kwargs.pop("seed", 1234)),
+        output_type="latent",
+        callback_on_step_end=recorder,
+        callback_on_step_end_tensor_inputs=["latents"],
+        **kwargs,
+    )
+    return out.images, recorder.latents
+
+
+def stock(pipe, **kwargs):
+    """The stock pipeline call, unchanged."""
+    return pipe(**kwargs)

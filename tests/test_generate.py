@@ -1,0 +1,235 @@
+"""Bit-exact checks of ``generate()`` against the stock diffusers pipelines, on every scheduler."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from negschedule import generate
+from negschedule.errors import InputError
+from negschedule.schedulers import set_scheduler
+
+from .conftest import latents_of, stock
+
+N = 6
+PROMPT = "a red cat"
+NEG = "blue hat"
+
+SCHEDULERS = [
+    ("ddim", {}),
+    ("ddpm", {}),
+    ("euler", {}),
+    ("euler_a", {}),
+    ("dpmpp_2m", {}),
+    ("lms", {}),
+    ("pndm", {}),  # with Runge-Kutta passes: 4 passes for each of the first 3 steps
+    ("pndm", {"skip_prk_steps": True}),
+    ("heun", {}),  # two passes per step but the last
+]
+
+
+@pytest.fixture(params=SCHEDULERS, ids=lambda p: p[0] + ("_skip_prk" if p[1] else ""))
+def sd(request, tiny_sd):
+    name, overrides = request.param
+    set_scheduler(tiny_sd, name, **overrides)
+    return tiny_sd
+
+
+def test_start_zero_equals_stock_negative(sd):
+    expected, _ = latents_of(stock, sd, prompt=PROMPT, negative_prompt=NEG)
+    got, _ = latents_of(generate, sd, prompt=PROMPT, negative_prompt=NEG, negative_start=0)
+    assert torch.equal(got, expected)
+
+
+@pytest.mark.parametrize("start", [N, 1.0])
+def test_start_at_or_past_last_step_equals_stock_without_negative(sd, start):
+    expected, _ = latents_of(stock, sd, prompt=PROMPT)
+    got, _ = latents_of(generate, sd, prompt=PROMPT, negative_prompt=NEG, negative_start=start)
+    assert torch.equal(got, expected)
+
+
+@pytest.mark.parametrize("k", [1, 3, N - 1])
+def test_first_k_steps_untouched_and_step_k_differs(sd, k):
+    _, reference = latents_of(stock, sd, prompt=PROMPT)
+    _, got = latents_of(generate, sd, prompt=PROMPT, negative_prompt=NEG, negative_start=k)
+    assert len(got) == len(reference) == N  # timed in steps, whatever the passes
+    for s in range(k):
+        assert torch.equal(got[s], reference[s]), f"step {s} changed before the negative started at {k}"
+    assert not torch.equal(got[k], reference[k]), f"the negative did nothing at step {k}"
+
+
+def test_negative_end_stops_it(tiny_sd):
+    set_scheduler(tiny_sd, "dpmpp_2m")
+    _, with_neg = latents_of(stock, tiny_sd, prompt=PROMPT, negative_prompt=NEG)
+    _, got = latents_of(generate, tiny_sd, prompt=PROMPT, negative_prompt=NEG, negative_start=0, negative_end=2)
+    assert torch.equal(got[0], with_neg[0]) and torch.equal(got[1], with_neg[1])
+    assert not torch.equal(got[2], with_neg[2])
+
+
+def test_fraction_start_is_int_of_fraction_times_steps(tiny_sd):
+    set_scheduler(tiny_sd, "euler")
+    by_step, _ = latents_of(generate, tiny_sd, prompt=PROMPT, negative_prompt=NEG, negative_start=3)
+    by_fraction, _ = latents_of(generate, tiny_sd, prompt=PROMPT, negative_prompt=NEG, negative_start=0.55)
+    assert torch.equal(by_step, by_fraction)  # int(0.55 * 6) == 3
+
+
+def test_a1111_syntax_switches_after_its_boundary(tiny_sd):
+    # [:x:0.5] at 6 steps: "" while step <= int(0.5 * 6) = 3, so x acts from step 4 on.
+    set_scheduler(tiny_sd, "ddim")
+    a1111, _ = latents_of(generate, tiny_sd, prompt=PROMPT, negative_prompt=f"[:{NEG}:0.5]")
+    start4, _ = latents_of(generate, tiny_sd, prompt=PROMPT, negative_prompt=NEG, negative_start=4)
+    assert torch.equal(a1111, start4)
+
+
+def test_each_distinct_text_is_encoded_once(tiny_sd):
+    set_scheduler(tiny_sd, "ddim")
+    calls = []
+    hook = tiny_sd.text_encoder.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
+    try:
+        # "[a:b:2]" gives a for steps 0..2 then b: two texts, one switch; plus the positive prompt.
+        latents_of(generate, tiny_sd, prompt=PROMPT, negative_prompt="[cat:dog:2]", num_inference_steps=8)
+    finally:
+        hook.remove()
+    # pipeline: positive + first negative; callback: the one new negative (its positive re-encoded with it)
+    assert len(calls) == 4
+
+
+def test_batches_and_images_per_prompt(tiny_sd):
+    set_scheduler(tiny_sd, "euler_a")
+    prompts = ["a red cat", "a green dog"]
+    kw = dict(prompt=prompts, num_images_per_prompt=2)
+    expected_neg, _ = latents_of(stock, tiny_sd, negative_prompt=[NEG, NEG], **kw)
+    expected_none, ref_steps = latents_of(stock, tiny_sd, **kw)
+    got0, _ = latents_of(generate, tiny_sd, negative_prompt=NEG, negative_start=0, **kw)
+    gotN, _ = latents_of(generate, tiny_sd, negative_prompt=NEG, negative_start=N, **kw)
+    assert got0.shape[0] == 4
+    assert torch.equal(got0, expected_neg) and torch.equal(gotN, expected_none)
+    _, steps2 = latents_of(generate, tiny_sd, negative_prompt=NEG, negative_start=2, **kw)
+    assert torch.equal(steps2[1], ref_steps[1]) and not torch.equal(steps2[2], ref_steps[2])
+
+
+def test_per_prompt_negatives_each_with_its_schedule(tiny_sd):
+    set_scheduler(tiny_sd, "ddim")
+    prompts = ["a red cat", "a green dog"]
+    got, _ = latents_of(generate, tiny_sd, prompt=prompts, negative_prompt=[NEG, "[:hat:2]"])
+    off, _ = latents_of(stock, tiny_sd, prompt=prompts, negative_prompt=[NEG, ""])
+    on, _ = latents_of(stock, tiny_sd, prompt=prompts, negative_prompt=[NEG, "hat"])
+    assert not torch.equal(got[1], off[1]) and not torch.equal(got[1], on[1])
+
+
+class _UNetBatches:
+    def __init__(self, unet):
+        self.sizes = []
+        self.handle = unet.register_forward_pre_hook(lambda m, args: self.sizes.append(args[0].shape[0]))
+
+
+def test_cfg_off_skips_the_negative_pass_until_start(tiny_sd):
+    set_scheduler(tiny_sd, "euler")
+    no_cfg, no_cfg_steps = latents_of(stock, tiny_sd, prompt=PROMPT, guidance_scale=1.0)
+    full, _ = latents_of(stock, tiny_sd, prompt=PROMPT, negative_prompt=NEG)
+    assert torch.equal(latents_of(generate, tiny_sd, prompt=PROMPT, negative_prompt=NEG, negative_start=N, cfg_off=True)[0], no_cfg)
+    assert torch.equal(latents_of(generate, tiny_sd, prompt=PROMPT, negative_prompt=NEG, negative_start=0, cfg_off=True)[0], full)
+    batches = _UNetBatches(tiny_sd.unet)
+    try:
+        _, steps = latents_of(generate, tiny_sd, prompt=PROMPT, negative_prompt=NEG, negative_start=2, cfg_off=True)
+    finally:
+        batches.handle.remove()
+    assert batches.sizes == [1, 1] + [2] * (N - 2)  # one evaluation per step while off, two after
+    assert torch.equal(steps[1], no_cfg_steps[1]) and not torch.equal(steps[2], no_cfg_steps[2])
+    assert tiny_sd.guidance_scale == 7.5
+
+
+def test_cfg_off_turns_off_again_after_end(tiny_sd):
+    set_scheduler(tiny_sd, "ddim")
+    batches = _UNetBatches(tiny_sd.unet)
+    try:
+        latents_of(generate, tiny_sd, prompt=PROMPT, negative_prompt=NEG, negative_start=1, negative_end=3, cfg_off=True)
+    finally:
+        batches.handle.remove()
+    assert batches.sizes == [1, 2, 2, 1, 1, 1]
+
+
+def test_user_pipeline_callback_still_runs(tiny_sd):
+    set_scheduler(tiny_sd, "ddim")
+    seen = []
+
+    def mine(pipe, i, t, kw):
+        seen.append(i)
+        return {}
+
+    generate(tiny_sd, prompt=PROMPT, negative_prompt=NEG, negative_start=2, num_inference_steps=N,
+             output_type="latent", callback_on_step_end=mine)
+    assert seen == list(range(N))
+
+
+def test_returns_the_pipelines_own_output_type(tiny_sd):
+    from diffusers.pipelines.stable_diffusion import StableDiffusionPipelineOutput
+
+    set_scheduler(tiny_sd, "ddim")
+    out = generate(tiny_sd, prompt=PROMPT, negative_prompt=NEG, negative_start=1, num_inference_steps=2)
+    assert isinstance(out, StableDiffusionPipelineOutput)
+    assert out.images[0].size == (32, 32)
+
+
+@pytest.mark.parametrize(
+    "kwargs, argument",
+    [
+        (dict(negative_start=N + 1), "negative_start"),
+        (dict(negative_start=1.5), "negative_start"),
+        (dict(negative_start=-1), "negative_start"),
+        (dict(negative_start=3, negative_end=3), "negative_end"),
+        (dict(negative_start=3, negative_end=2), "negative_end"),
+        (dict(negative_prompt="[:x:0.2"), "negative_prompt"),
+        (dict(num_inference_steps=0), "num_inference_steps"),
+        (dict(guidance_scale=1.0), "guidance_scale"),
+        (dict(not_an_argument=1), "not_an_argument"),
+    ],
+)
+def test_bad_input_names_the_argument(tiny_sd, kwargs, argument):
+    call = dict(prompt=PROMPT, negative_prompt=NEG, num_inference_steps=N, output_type="latent")
+    call.update(kwargs)
+    with pytest.raises(InputError) as err:
+        generate(tiny_sd, **call)
+    assert err.value.argument == argument
+
+
+# --- SDXL: pooled embeddings are timed too; "off" is the pipeline's forced zeros ---
+
+XL = dict(height=32, width=32)
+
+
+@pytest.mark.parametrize("scheduler", ["euler", "dpmpp_2m", "heun"])
+def test_sdxl_bit_exact(tiny_sdxl, scheduler):
+    set_scheduler(tiny_sdxl, scheduler)
+    expected_neg, _ = latents_of(stock, tiny_sdxl, prompt=PROMPT, negative_prompt=NEG, **XL)
+    expected_none, ref_steps = latents_of(stock, tiny_sdxl, prompt=PROMPT, **XL)
+    assert torch.equal(latents_of(generate, tiny_sdxl, prompt=PROMPT, negative_prompt=NEG, negative_start=0, **XL)[0], expected_neg)
+    assert torch.equal(latents_of(generate, tiny_sdxl, prompt=PROMPT, negative_prompt=NEG, negative_start=N, **XL)[0], expected_none)
+    _, steps = latents_of(generate, tiny_sdxl, prompt=PROMPT, negative_prompt=NEG, negative_start=3, **XL)
+    assert all(torch.equal(steps[s], ref_steps[s]) for s in range(3))
+    assert not torch.equal(steps[3], ref_steps[3])
+
+
+def test_sdxl_pooled_negative_is_swapped(tiny_sdxl):
+    set_scheduler(tiny_sdxl, "euler")
+    seen = []
+
+    def spy(pipe, i, t, kw):
+        seen.append(kw["add_text_embeds"].clone())
+        return {}
+
+    generate(tiny_sdxl, prompt=PROMPT, negative_prompt=NEG, negative_start=2, num_inference_steps=4,
+             output_type="latent", callback_on_step_end=spy,
+             callback_on_step_end_tensor_inputs=["add_text_embeds"], **XL)
+    # The user's callback sees the tensors after ours: passes 0 has zeros (off), pass 1 already the negative.
+    assert torch.count_nonzero(seen[0][0]) == 0
+    assert torch.count_nonzero(seen[1][0]) > 0 and torch.equal(seen[1][1], seen[0][1])
+
+
+def test_sdxl_cfg_off(tiny_sdxl):
+    set_scheduler(tiny_sdxl, "euler")
+    no_cfg, _ = latents_of(stock, tiny_sdxl, prompt=PROMPT, guidance_scale=1.0, **XL)
+    got, _ = latents_of(generate, tiny_sdxl, prompt=PROMPT, negative_prompt=NEG, negative_start=N, cfg_off=True, **XL)
+    assert torch.equal(got, no_cfg)
+    mid, _ = latents_of(generate, tiny_sdxl, prompt=PROMPT, negative_prompt=NEG, negative_start=3, cfg_off=True, **XL)
+    assert not torch.equal(mid, no_cfg)
