@@ -59,8 +59,9 @@ class NegativeEncoder:
 
     def __init__(self, pipe, encode_kwargs: dict[str, Any]):
         self.pipe = pipe
-        self.encode_kwargs = dict(encode_kwargs)
-        self.num_images_per_prompt = self.encode_kwargs.get("num_images_per_prompt") or 1
+        # SD's encode_prompt takes these positionally, with no defaults.
+        self.encode_kwargs = {"prompt": None, "num_images_per_prompt": 1, **encode_kwargs}
+        self.num_images_per_prompt = self.encode_kwargs["num_images_per_prompt"]
         self._cache: dict[NegativeKey, NegativeEmbeds] = {}
 
     def __call__(self, key: NegativeKey) -> NegativeEmbeds:

@@ -26,7 +26,12 @@ _ENCODE_ARGS = ("prompt", "prompt_2", "prompt_embeds", "pooled_prompt_embeds", "
 def _call_defaults(pipe) -> dict[str, Any]:
     """Defaults of the pipeline's ``__call__`` (``num_inference_steps``, ``guidance_scale``, ...)."""
     params = inspect.signature(type(pipe).__call__).parameters
-    return {name: p.default for name, p in params.items() if p.default is not inspect.Parameter.empty}
+    return {
+        name: p.default
+        for name, p in params.items()
+        if p.kind is inspect.Parameter.KEYWORD_ONLY or p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD
+        if name != "self"
+    }
 
 
 def batch_size(prompt: Any, prompt_embeds: Any) -> int:
@@ -65,6 +70,15 @@ def plan_negatives(
     return [tuple(column[s] for column in columns) for s in range(num_inference_steps)]
 
 
+def _normalize(pipe, text: str | list[str]) -> str | list[str]:
+    """Textual-inversion tokens in the form the pipeline expands (see textual_inversion.py)."""
+    from .textual_inversion import normalize_prompt
+
+    if isinstance(text, list):
+        return [normalize_prompt(pipe, t) for t in text]
+    return normalize_prompt(pipe, text)
+
+
 def _combine(ours: NegativeScheduleCallback, theirs) -> Any:
     """Run our callback, then the user's own ``callback_on_step_end`` on the updated tensors."""
     if theirs is None:
@@ -100,19 +114,24 @@ def generate(
     Returns the pipeline's own output.
     """
     defaults = _call_defaults(pipe)
+    # The stock __call__ also takes **kwargs, but only for deprecated arguments: a typo must not pass silently.
     unknown = sorted(set(kwargs) - set(defaults) - {"prompt"})
-    if unknown and not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in inspect.signature(pipe.__call__).parameters.values()):
+    if unknown:
         raise InputError(unknown[0], kwargs[unknown[0]], f"not an argument of {type(pipe).__name__}.__call__")
     steps = kwargs.get("num_inference_steps", defaults.get("num_inference_steps", 50))
     if isinstance(steps, bool) or not isinstance(steps, int) or steps <= 0:
         raise InputError("num_inference_steps", steps, "must be a positive integer")
     guidance_scale = kwargs.get("guidance_scale", defaults.get("guidance_scale", 7.5))
 
+    prompt = kwargs.get("prompt")
+    if prompt is not None:
+        kwargs["prompt"] = _normalize(pipe, prompt)
     negative_prompt = kwargs.pop("negative_prompt", None)
     has_negative = negative_prompt is not None or bool(negative_windows)
     if not has_negative:
         if negative_start is not None or negative_end is not None:
-            raise InputError("negative_start", negative_start, "needs a negative_prompt to time")
+            name, value = ("negative_start", negative_start) if negative_start is not None else ("negative_end", negative_end)
+            raise InputError(name, value, "needs a negative_prompt to time")
         return pipe(negative_prompt=None, **kwargs)
     for name in ("negative_prompt_embeds", "negative_prompt_2", "negative_pooled_prompt_embeds"):
         if kwargs.get(name) is not None:
@@ -124,7 +143,6 @@ def generate(
     if cfg_off and any(kwargs.get(n) is not None for n in ("negative_original_size", "negative_target_size")):
         raise InputError("cfg_off", cfg_off, "cannot be combined with negative size conditioning")
 
-    prompt = kwargs.get("prompt")
     step_keys = plan_negatives(
         negative_prompt,
         steps,
@@ -133,6 +151,7 @@ def generate(
         negative_end,
         negative_windows,
     )
+    step_keys = [tuple(None if text is None else _normalize(pipe, text) for text in key) for key in step_keys]
     encode_kwargs = {name: kwargs[name] for name in _ENCODE_ARGS if kwargs.get(name) is not None}
     lora_scale = (kwargs.get("cross_attention_kwargs") or {}).get("scale")
     if lora_scale is not None:
