@@ -8,6 +8,7 @@ line naming the argument and its value and exits with code 2, before anything is
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -140,7 +141,7 @@ def _load(s: RunSettings):
     from .models import load_pipeline
 
     pipe = load_pipeline(s.model, scheduler=s.scheduler, config=s.config, textual_inversions=s.textual_inversions)
-    pipe.set_progress_bar_config(disable=False, leave=False, file=sys.stderr)
+    pipe.set_progress_bar_config(disable=False, leave=True, file=sys.stderr)
     return pipe
 
 
@@ -256,6 +257,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # transformers warns at import that torchvision is absent; it does not concern our users.
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

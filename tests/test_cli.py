@@ -1,0 +1,99 @@
+"""The command line: outputs, PNG metadata, progress on stderr, and bad input (exit 2, one line, no file)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from negschedule.cli import main
+
+
+def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "negschedule.cli", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+    )
+
+
+def test_generate_writes_png_with_a1111_parameters(tmp_path):
+    out = tmp_path / "pizza.png"
+    proc = run_cli(
+        "generate", "--prompt", "girl eating pizza", "--negative-prompt", "glasses", "--negative-start", "2",
+        "--steps", "4", "--seed", "1234", "--scheduler", "euler_a", "--out", str(out), cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == str(out)
+    assert "4/4" in proc.stderr  # the pipeline's progress bar, on stderr
+    params = Image.open(out).text["parameters"]
+    lines = params.splitlines()
+    assert lines[0] == "girl eating pizza"
+    assert lines[1] == "Negative prompt: glasses"
+    for field in ("Steps: 4", "Sampler: euler_a", "CFG scale: 7.5", "Seed: 1234", "Negative start: 2", "Model: ", "negschedule: ", "diffusers: "):
+        assert field in lines[2]
+
+
+def test_compare_is_three_labelled_tiles_and_matches_generate(tmp_path):
+    common = ["--prompt", "a cat", "--negative-prompt", "dog", "--steps", "3", "--seed", "7"]
+    assert main(["compare", *common, "--negative-start", "1", "--out", str(tmp_path / "cmp.png")]) == 0
+    assert main(["generate", *common, "--negative-start", "1", "--out", str(tmp_path / "k.png")]) == 0
+    row = Image.open(tmp_path / "cmp.png").convert("RGB")
+    single = Image.open(tmp_path / "k.png").convert("RGB")
+    tile = row.width // 3
+    assert row.width == 3 * tile and tile % single.width == 0
+    factor = tile // single.width
+    # The third tile is the negative-from-step-k image, upscaled with nearest neighbour.
+    third = row.crop((2 * tile, row.height - single.height * factor, 3 * tile, row.height))
+    assert list(third.resize(single.size, Image.NEAREST).getdata()) == list(single.getdata())
+
+
+@pytest.mark.parametrize(
+    "args, argument",
+    [
+        (["--negative-prompt", "g", "--negative-start", "30", "--steps", "20"], "negative_start"),
+        (["--negative-prompt", "g", "--negative-start", "1.5"], "negative_start"),
+        (["--negative-prompt", "g", "--negative-start", "5", "--negative-end", "5"], "negative_end"),
+        (["--negative-prompt", "[:glasses:0.2"], "negative_prompt"),
+        (["--scheduler", "dpm_fast"], "scheduler"),
+        (["--model", "/no/such/model"], "model"),
+        (["--steps", "0"], "steps"),
+        (["--negative-prompt", "g", "--guidance-scale", "1"], "guidance_scale"),
+    ],
+)
+def test_bad_input_exit_2_one_line_no_file(tmp_path, capsys, args, argument):
+    out = tmp_path / "x.png"
+    code = main(["generate", "--prompt", "p", *args, "--out", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert len(err.splitlines()) == 1 and f"{argument}=" in err and "Traceback" not in err
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_output_in_missing_folder(tmp_path, capsys):
+    assert main(["generate", "--prompt", "p", "--out", str(tmp_path / "nope" / "x.png")]) == 2
+    assert "out=" in capsys.readouterr().err
+
+
+def test_guidance_scale_message_says_cfg_is_off(capsys, tmp_path):
+    main(["generate", "--prompt", "p", "--negative-prompt", "g", "--guidance-scale", "0.5", "--out", str(tmp_path / "x.png")])
+    assert "CFG is off" in capsys.readouterr().err
+
+
+def test_corrupt_safetensors_model(tmp_path, capsys, tiny_sd):
+    config = tmp_path / "config"
+    tiny_sd.save_pretrained(config)
+    bad = tmp_path / "model.safetensors"
+    bad.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
+    out = tmp_path / "x.png"
+    assert main(["generate", "--prompt", "p", "--model", str(bad), "--config", str(config), "--out", str(out)]) == 2
+    assert "model=" in capsys.readouterr().err and not out.exists()
+
+
+def test_subprocess_error_has_no_traceback(tmp_path):
+    proc = run_cli("generate", "--prompt", "p", "--negative-prompt", "g", "--negative-start", "0.2.1", "--out", "x.png", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr and "negative_start=" in proc.stderr
