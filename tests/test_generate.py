@@ -233,3 +233,18 @@ def test_sdxl_cfg_off(tiny_sdxl):
     assert torch.equal(got, no_cfg)
     mid, _ = latents_of(generate, tiny_sdxl, prompt=PROMPT, negative_prompt=NEG, negative_start=3, cfg_off=True, **XL)
     assert not torch.equal(mid, no_cfg)
+
+
+@pytest.mark.parametrize("fixture", ["tiny_sd", "tiny_sdxl"])
+def test_callback_dropped_into_a_plain_pipeline_call(request, fixture):
+    from negschedule import NegativeScheduleCallback
+
+    pipe = request.getfixturevalue(fixture)
+    set_scheduler(pipe, "dpmpp_2m")
+    extra = XL if fixture == "tiny_sdxl" else {}
+    cb = NegativeScheduleCallback.for_call(PROMPT, NEG, num_inference_steps=N, guidance_scale=7.5, negative_start=2)
+    by_hand = pipe(prompt=PROMPT, num_inference_steps=N, output_type="latent",
+                   generator=torch.Generator().manual_seed(3), **cb.pipeline_kwargs(pipe), **extra).images
+    by_generate = generate(pipe, prompt=PROMPT, negative_prompt=NEG, negative_start=2, num_inference_steps=N, guidance_scale=7.5,
+                           output_type="latent", generator=torch.Generator().manual_seed(3), **extra).images
+    assert torch.equal(by_hand, by_generate)

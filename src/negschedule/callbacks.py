@@ -48,10 +48,38 @@ class NegativeScheduleCallback(PipelineCallback):
         self.guidance_scale = float(guidance_scale)
         self.cfg_off = cfg_off
         self._encoder: NegativeEncoder | None = None
+        # SDXL needs its pooled tensors too, but SD refuses to hand them over: bind(pipe) decides.
+        self._tensor_inputs = ["prompt_embeds"]
         self._pass_steps: list[int] | None = None
         self._active: NegativeKey = self.step_keys[0]
         # Model evaluations per latent, counted per pass (2 with CFG, 1 without): for reports.
         self.model_evaluations = 0
+
+    @classmethod
+    def for_call(
+        cls,
+        prompt: str | list[str],
+        negative_prompt: str | list[str],
+        num_inference_steps: int,
+        guidance_scale: float,
+        negative_start: int | float | None = None,
+        negative_end: int | float | None = None,
+        num_images_per_prompt: int = 1,
+        cfg_off: bool = False,
+    ) -> "NegativeScheduleCallback":
+        """Plan a callback for one pipeline call; pass ``**cb.pipeline_kwargs()`` to that call.
+
+        ``pipe(prompt=p, num_inference_steps=30, **cb.pipeline_kwargs(pipe))`` then runs the timed negative.
+        """
+        from .generate import batch_size, plan_negatives
+
+        if guidance_scale <= 1:
+            raise InputError("guidance_scale", guidance_scale, "CFG is off at guidance_scale <= 1, so a negative prompt does nothing")
+        keys = plan_negatives(
+            negative_prompt, num_inference_steps, batch_size(prompt, None), negative_start, negative_end
+        )
+        encode = {"prompt": prompt, "num_images_per_prompt": num_images_per_prompt}
+        return cls(keys, encode, guidance_scale, cfg_off=cfg_off)
 
     @property
     def tensor_inputs(self) -> list[str]:
@@ -63,10 +91,15 @@ class NegativeScheduleCallback(PipelineCallback):
     def _cfg_on(self, key: NegativeKey) -> bool:
         return not (self.cfg_off and self._off(key))
 
-    def pipeline_kwargs(self) -> dict[str, Any]:
-        """Arguments the pipeline call must start with so that pass 0 runs step 0's state."""
+    def pipeline_kwargs(self, pipe=None) -> dict[str, Any]:
+        """Arguments the pipeline call must start with so that pass 0 runs step 0's state.
+
+        Give ``pipe`` to bind the callback to it first (needed for SDXL's pooled embeddings).
+        """
         from .conditioning import negative_argument
 
+        if pipe is not None:
+            self.bind(pipe)
         first = self.step_keys[0]
         return {
             "negative_prompt": negative_argument(first, self.encode_kwargs.get("prompt")),
