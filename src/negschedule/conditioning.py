@@ -55,10 +55,14 @@ class NegativeEncoder:
     ``prompt_embeds``, ``pooled_prompt_embeds``, ``clip_skip``, ``num_images_per_prompt``, and
     ``lora_scale``), passed to ``encode_prompt`` unchanged so that the negative is encoded in the
     very batch the pipeline encodes it in.
+
+    ``weighted``: a :class:`~negschedule.long_prompts.WeightedConditioning` for a call whose texts
+    need A1111 weights or chunks; then it encodes the negatives instead of ``encode_prompt``.
     """
 
-    def __init__(self, pipe, encode_kwargs: dict[str, Any]):
+    def __init__(self, pipe, encode_kwargs: dict[str, Any], weighted=None):
         self.pipe = pipe
+        self.weighted = weighted
         # SD's encode_prompt takes these positionally, with no defaults.
         self.encode_kwargs = {"prompt": None, "num_images_per_prompt": 1, **encode_kwargs}
         self.num_images_per_prompt = self.encode_kwargs["num_images_per_prompt"]
@@ -75,6 +79,8 @@ class NegativeEncoder:
         return list(self._cache)
 
     def _encode(self, key: NegativeKey) -> NegativeEmbeds:
+        if self.weighted is not None:
+            return self.weighted.negative(key)
         pipe = self.pipe
         kwargs = dict(self.encode_kwargs)
         prompt = kwargs.get("prompt")

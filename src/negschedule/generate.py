@@ -79,6 +79,48 @@ def _normalize(pipe, text: str | list[str]) -> str | list[str]:
     return normalize_prompt(pipe, text)
 
 
+def _texts(value: Any) -> list[str]:
+    if value is None:
+        return []
+    return [value] if isinstance(value, str) else list(value)
+
+
+def _plan_encoding(pipe, kwargs: dict[str, Any], step_keys: list[NegativeKey]):
+    """Stock text path or A1111 encoding (long_prompts.py)? Returns (WeightedConditioning or None, step keys).
+
+    When no text has a weight other than 1, a BREAK or more than one chunk of tokens, the texts go
+    to the pipeline as plain text with A1111's syntax taken out (``(x:1.0)`` is ``x``, ``\\(`` is
+    ``(``), so plain prompts stay bit-exact with the stock pipeline. Otherwise the prompt
+    arguments in ``kwargs`` are replaced by the conditioning that will hand out embeddings.
+    """
+    from .emphasis import plain_text
+    from .long_prompts import WeightedConditioning, needs_a1111_encoding
+
+    texts = [(name, text) for name in ("prompt", "prompt_2") for text in _texts(kwargs.get(name))]
+    texts += [("negative_prompt", text) for text in dict.fromkeys(t for key in step_keys for t in key if t is not None)]
+    # Every text is parsed (no short-circuit), so a malformed weight is refused before any work.
+    needed = [needs_a1111_encoding(pipe, text, name) for name, text in texts]
+    if not any(needed):
+        for name in ("prompt", "prompt_2"):
+            value = kwargs.get(name)
+            if value is not None:
+                kwargs[name] = plain_text(value) if isinstance(value, str) else [plain_text(t) for t in value]
+        plain = {t: plain_text(t) for _, t in texts}
+        return None, [tuple(None if t is None or not plain[t].strip() else plain[t] for t in key) for key in step_keys]
+    lora_scale = (kwargs.get("cross_attention_kwargs") or {}).get("scale")
+    weighted = WeightedConditioning(
+        pipe,
+        prompt=kwargs.pop("prompt", None),
+        prompt_2=kwargs.pop("prompt_2", None),
+        prompt_embeds=kwargs.pop("prompt_embeds", None),
+        pooled_prompt_embeds=kwargs.pop("pooled_prompt_embeds", None),
+        num_images_per_prompt=kwargs.get("num_images_per_prompt") or 1,
+        clip_skip=kwargs.pop("clip_skip", None),
+        lora_scale=lora_scale,
+    )
+    return weighted, step_keys
+
+
 def _combine(ours: NegativeScheduleCallback, theirs) -> Any:
     """Run our callback, then the user's own ``callback_on_step_end`` on the updated tensors."""
     if theirs is None:
@@ -132,6 +174,11 @@ def generate(
         if negative_start is not None or negative_end is not None:
             name, value = ("negative_start", negative_start) if negative_start is not None else ("negative_end", negative_end)
             raise InputError(name, value, "needs a negative_prompt to time")
+        weighted, _ = _plan_encoding(pipe, kwargs, [])
+        if weighted is not None:
+            cfg = guidance_scale > 1 and kwargs.get("negative_prompt_embeds") is None
+            kwargs.update(weighted.pipeline_kwargs(weighted.off_key, cfg=cfg))
+            return pipe(**kwargs)
         return pipe(negative_prompt=None, **kwargs)
     for name in ("negative_prompt_embeds", "negative_prompt_2", "negative_pooled_prompt_embeds"):
         if kwargs.get(name) is not None:
@@ -152,11 +199,17 @@ def generate(
         negative_windows,
     )
     step_keys = [tuple(None if text is None else _normalize(pipe, text) for text in key) for key in step_keys]
+    weighted, step_keys = _plan_encoding(pipe, kwargs, step_keys)
     encode_kwargs = {name: kwargs[name] for name in _ENCODE_ARGS if kwargs.get(name) is not None}
     lora_scale = (kwargs.get("cross_attention_kwargs") or {}).get("scale")
     if lora_scale is not None:
         encode_kwargs["lora_scale"] = lora_scale
-    callback = NegativeScheduleCallback(step_keys, encode_kwargs, guidance_scale, cfg_off=cfg_off).bind(pipe)
+    if weighted is None:
+        callback = NegativeScheduleCallback(step_keys, encode_kwargs, guidance_scale, cfg_off=cfg_off).bind(pipe)
+    else:
+        from .long_prompts import WeightedNegativeScheduleCallback
+
+        callback = WeightedNegativeScheduleCallback(step_keys, weighted, guidance_scale, cfg_off=cfg_off).bind(pipe)
 
     user_callback = kwargs.pop("callback_on_step_end", None)
     tensor_inputs = list(callback.tensor_inputs)
@@ -168,9 +221,9 @@ def generate(
         )
         tensor_inputs += [name for name in theirs if name not in tensor_inputs]
     start = callback.pipeline_kwargs()
+    start.pop("callback_on_step_end", None)
     kwargs.update(
-        negative_prompt=start["negative_prompt"],
-        guidance_scale=start["guidance_scale"],
+        start,
         callback_on_step_end=_combine(callback, user_callback),
         callback_on_step_end_tensor_inputs=tensor_inputs,
     )
