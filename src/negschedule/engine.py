@@ -1,0 +1,523 @@
+"""A step-by-step sampler over a pipeline's own parts, with branches that share their prefixes.
+
+This module owns sampling *many* runs of one prompt at once: the runs of a critical-step sweep,
+of a removal curve, of windowed negatives. Each run is a :class:`Run` (its negative timing, the
+arguments :func:`negschedule.generate` takes besides the pipeline's own); ``schedule.py`` turns it
+into one key per step (the active negative texts and whether CFG runs). Runs of one seed whose
+keys agree on steps ``0..k-1`` are the same computation up to step ``k``, so the engine samples
+them once, as one *branch*, and splits the branch at the first step where their keys differ. A
+split deep-copies everything that evolves: the latents (new tensors each step), the scheduler
+(multistep schedulers - DPM++ 2M, PNDM, LMS, Heun - keep a history of model outputs) and the
+random generator (DDPM and ancestral samplers draw noise every step; each branch continues the
+stream exactly where an independent run would be).
+
+The loop is the stock pipeline's loop, reassembled from the pipeline's own methods
+(``encode_prompt`` through :class:`~negschedule.conditioning.NegativeEncoder`, ``prepare_latents``,
+``prepare_extra_step_kwargs``, ``scheduler.step``, ``vae.decode``, ``image_processor.postprocess``),
+so every run is bit-identical to an independent ``generate(pipe, generator=torch.Generator()
+.manual_seed(seed), ...)`` call - the tests hold this for every scheduler in ``schedulers.py``.
+
+Batching. Measured on the tiny pipeline with torch 2.13 on CPU: the UNet's output rows differ in
+the last bits (about 1e-6) between a batch of 2 and a batch of 6, so batching several branches into
+one UNet call cannot be bit-exact against ``generate()``, which evaluates one run (a CFG batch of
+2 rows) per call. By default each branch therefore gets its own UNet call, in exactly the
+reference layout; ``EngineConfig(batch_branches=True)`` puts all live branches of a pass in one
+call (fewer, larger calls - the fast choice on a GPU), at the price of results equal only to about
+1e-6, not bit for bit. Either way the prefix sharing, which is where most of the saving comes
+from, is exact.
+
+Model evaluations are counted the way the reports show them: one per latent per model pass, so a
+CFG pass on one latent counts 2 and a pass with CFG off counts 1.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import torch
+
+from .conditioning import NegativeEncoder, NegativeKey, is_sdxl
+from .errors import InputError
+from .generate import _ENCODE_ARGS, _call_defaults, _normalize, batch_size, plan_negatives
+from .passes import step_of_passes
+from .schedule import NegativeWindow
+
+# One step's conditioning: the per-prompt negative texts (None = off) and whether CFG runs.
+StepKey = tuple  # tuple[NegativeKey, bool]
+
+# Pipeline keywords the engine reproduces; anything else is refused rather than silently ignored.
+_SUPPORTED = {
+    "prompt",
+    "prompt_2",
+    "num_inference_steps",
+    "guidance_scale",
+    "guidance_rescale",
+    "height",
+    "width",
+    "eta",
+    "num_images_per_prompt",
+    "clip_skip",
+    "cross_attention_kwargs",
+    "output_type",
+    "original_size",
+    "crops_coords_top_left",
+    "target_size",
+}
+
+
+@dataclass(frozen=True)
+class Run:
+    """One run's negative timing: what :func:`negschedule.generate` takes besides the pipeline's keywords."""
+
+    negative_prompt: str | None = None  # may use A1111 prompt editing
+    negative_start: int | float | None = None  # int: 0-based step; float in [0, 1]: fraction of the steps
+    negative_end: int | float | None = None  # exclusive; same units; None: to the last step
+    negative_windows: tuple = ()  # further NegativeWindow(prompt, start, end) or tuples
+    cfg_off: bool = False  # CFG off (one evaluation) while no negative is active
+
+    def generate_kwargs(self) -> dict[str, Any]:
+        """The keywords that give this run through :func:`negschedule.generate`."""
+        out: dict[str, Any] = {}
+        if self.negative_prompt is not None:
+            out["negative_prompt"] = self.negative_prompt
+        if self.negative_start is not None:
+            out["negative_start"] = self.negative_start
+        if self.negative_end is not None:
+            out["negative_end"] = self.negative_end
+        if self.negative_windows:
+            out["negative_windows"] = list(self.negative_windows)
+        if self.cfg_off:
+            out["cfg_off"] = True
+        return out
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """How the engine spends compute; none of these change which images come out (but see batch_branches)."""
+
+    # One UNet call for all live branches of a pass: faster on a GPU, but equal to generate() only
+    # to ~1e-6 (CPU kernels round differently for other batch sizes); False keeps it bit-exact.
+    batch_branches: bool = False
+    # Keep the state at every step boundary of every branch, so later calls on the same Engine
+    # (the rounds of a removal-curve search) resume from the longest prefix already sampled.
+    cache_prefixes: bool = False
+    # At most this many cached states (oldest dropped first): each holds latents and a scheduler copy.
+    max_cached_states: int = 4096
+
+
+@dataclass
+class _State:
+    """Everything that evolves along a branch; copied when the branch splits."""
+
+    latents: torch.Tensor
+    scheduler: Any
+    generator: torch.Generator
+
+    def copy(self) -> "_State":
+        return _State(self.latents, copy.deepcopy(self.scheduler), _clone_generator(self.generator))
+
+
+@dataclass
+class _Branch:
+    seed: int
+    runs: list[int]  # indices of the runs that are this same computation so far
+    state: _State
+    prefix: tuple = ()  # step keys of the steps done, for the prefix cache
+
+
+@dataclass
+class EngineResult:
+    """Outputs of :meth:`Engine.sample`: ``images[seed][run]`` in the requested ``output_type``."""
+
+    seeds: list[int]
+    runs: list[Run]
+    images: dict[int, list[Any]]  # seed -> one output per run (a PIL image, array, tensor or latents)
+    latents: dict[int, list[torch.Tensor]]  # seed -> final latents per run
+    model_evaluations: int  # one per latent per model pass (CFG on one latent counts 2)
+    unet_calls: int
+    independent_evaluations: int  # what the same runs would cost as independent generate() calls
+
+    def image(self, seed: int, run: int):
+        return self.images[seed][run]
+
+
+def _clone_generator(generator: torch.Generator) -> torch.Generator:
+    clone = torch.Generator(device=generator.device)
+    clone.set_state(generator.get_state())
+    return clone
+
+
+class Engine:
+    """Samples many runs of one prompt on ``pipe``, sharing prefixes; reusable across calls.
+
+    ``pipeline_kwargs`` are the pipeline's own keywords (``prompt``, ``num_inference_steps``,
+    ``guidance_scale``, ``height``, ...), fixed for the engine's life; the runs and seeds vary per
+    :meth:`sample` call.
+    """
+
+    def __init__(self, pipe, config: EngineConfig | None = None, **pipeline_kwargs: Any):
+        self.pipe = pipe
+        self.config = config or EngineConfig()
+        unknown = sorted(set(pipeline_kwargs) - _SUPPORTED)
+        if unknown:
+            raise InputError(unknown[0], pipeline_kwargs[unknown[0]], "not supported by the engine (use generate())")
+        defaults = _call_defaults(pipe)
+        kw = {name: pipeline_kwargs.get(name, defaults.get(name)) for name in _SUPPORTED if name in defaults or name in pipeline_kwargs}
+        self.sdxl = is_sdxl(pipe)
+        steps = kw.get("num_inference_steps", 50)
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps <= 0:
+            raise InputError("num_inference_steps", steps, "must be a positive integer")
+        if kw.get("prompt") is None:
+            raise InputError("prompt", None, "the engine needs a prompt (a string or a list of strings)")
+        if pipe.unet.config.time_cond_proj_dim is not None:
+            raise InputError("pipe", type(pipe).__name__, "guidance-distilled UNets (time_cond_proj_dim) have no CFG to time")
+        self.steps = steps
+        self.guidance_scale = float(kw.get("guidance_scale", 7.5))
+        self.guidance_rescale = float(kw.get("guidance_rescale") or 0.0)
+        self.eta = kw.get("eta", 0.0)
+        self.output_type = kw.get("output_type") or "pil"
+        self.cross_attention_kwargs = kw.get("cross_attention_kwargs")
+        self.num_images_per_prompt = kw.get("num_images_per_prompt") or 1
+        kw["prompt"] = _normalize(pipe, kw["prompt"])
+        if kw.get("prompt_2") is not None:
+            kw["prompt_2"] = _normalize(pipe, kw["prompt_2"])
+        self.prompt = kw["prompt"]
+        self.batch = batch_size(self.prompt, None)
+        self.height = kw.get("height") or pipe.unet.config.sample_size * pipe.vae_scale_factor
+        self.width = kw.get("width") or pipe.unet.config.sample_size * pipe.vae_scale_factor
+        self._sizes = {n: kw.get(n) for n in ("original_size", "crops_coords_top_left", "target_size")}
+
+        encode_kwargs = {name: kw[name] for name in _ENCODE_ARGS if kw.get(name) is not None}
+        lora_scale = (self.cross_attention_kwargs or {}).get("scale")
+        if lora_scale is not None:
+            encode_kwargs["lora_scale"] = lora_scale
+        self._encode_kwargs = encode_kwargs
+        self._encoder = NegativeEncoder(pipe, encode_kwargs)
+        self._positive = None
+        self._conditioning: dict[StepKey, dict[str, torch.Tensor]] = {}
+        self._cache: OrderedDict[tuple, _State] = OrderedDict()
+
+        # The pass-to-step map and timesteps, from a private scheduler: pipe.scheduler is not touched.
+        self._template = copy.deepcopy(pipe.scheduler)
+        self._template.set_timesteps(steps, device=self.device)
+        self.timesteps = self._template.timesteps
+        self.pass_steps = step_of_passes(self._template)
+        self.model_evaluations = 0
+        self.unet_calls = 0
+        # Called after every UNet call with (evaluations in that call, evaluations so far).
+        self.on_evaluations: Callable[[int, int], None] | None = None
+        # Called before every branch's UNet call with (seed, runs, step); attention capture uses it.
+        self.on_branch_pass: Callable[[int, list[int], int], None] | None = None
+
+    @property
+    def device(self):
+        return getattr(self.pipe, "_execution_device", None) or self.pipe.device
+
+    # ---- planning -------------------------------------------------------------------------------
+
+    def step_keys(self, run: Run) -> list[StepKey]:
+        """Per step, the conditioning ``run`` uses: validated by ``schedule.py`` before any work."""
+        has_negative = run.negative_prompt is not None or bool(run.negative_windows)
+        if not has_negative:
+            if run.negative_start is not None or run.negative_end is not None:
+                raise InputError("negative_start", run.negative_start, "needs a negative_prompt to time")
+            off = tuple([None] * self.batch)
+            return [(off, True)] * self.steps
+        if self.guidance_scale <= 1:
+            raise InputError("guidance_scale", self.guidance_scale, "CFG is off at guidance_scale <= 1, so a negative prompt does nothing")
+        keys = plan_negatives(
+            run.negative_prompt, self.steps, self.batch, run.negative_start, run.negative_end, run.negative_windows
+        )
+        keys = [tuple(None if text is None else _normalize(self.pipe, text) for text in key) for key in keys]
+        return [(key, not (run.cfg_off and all(t is None for t in key))) for key in keys]
+
+    def planned_evaluations(self, runs: Sequence[Run], seeds: Sequence[int]) -> tuple[int, int]:
+        """(evaluations with prefix sharing, evaluations as independent runs), before any work."""
+        keys = [self.step_keys(run) for run in runs]
+        per_latent = self.batch * self.num_images_per_prompt
+        shared = independent = 0
+        for p, step in enumerate(self.pass_steps):
+            distinct = {tuple(k[: step + 1]) for k in keys}
+            shared += sum(2 if prefix[-1][1] else 1 for prefix in distinct)
+            independent += sum(2 if k[step][1] else 1 for k in keys)
+        return shared * per_latent * len(seeds), independent * per_latent * len(seeds)
+
+    # ---- conditioning ---------------------------------------------------------------------------
+
+    def _positive_embeds(self) -> dict[str, torch.Tensor]:
+        if self._positive is None:
+            pipe = self.pipe
+            with torch.no_grad():
+                if self.sdxl:
+                    out = pipe.encode_prompt(device=self.device, do_classifier_free_guidance=False, **self._encode_kwargs)
+                    embeds, pooled = out[0], out[2]
+                    projection = (
+                        int(pooled.shape[-1]) if pipe.text_encoder_2 is None else pipe.text_encoder_2.config.projection_dim
+                    )
+                    original = self._sizes["original_size"] or (self.height, self.width)
+                    target = self._sizes["target_size"] or (self.height, self.width)
+                    crops = self._sizes["crops_coords_top_left"] or (0, 0)
+                    time_ids = pipe._get_add_time_ids(
+                        original, crops, target, dtype=embeds.dtype, text_encoder_projection_dim=projection
+                    )
+                    self._positive = {"embeds": embeds, "pooled": pooled, "time_ids": time_ids}
+                else:
+                    kwargs = {"prompt": None, "num_images_per_prompt": 1, **self._encode_kwargs}
+                    prompt = kwargs.pop("prompt")
+                    nipp = kwargs.pop("num_images_per_prompt")
+                    embeds, _ = pipe.encode_prompt(prompt, self.device, nipp, False, **kwargs)
+                    self._positive = {"embeds": embeds}
+        return self._positive
+
+    def _condition(self, key: StepKey) -> dict[str, torch.Tensor]:
+        """The UNet's conditioning for one branch pass, built as the stock pipeline builds it."""
+        if key in self._conditioning:
+            return self._conditioning[key]
+        negative_key, cfg = key
+        pos = self._positive_embeds()
+        rows = self.batch * self.num_images_per_prompt
+        device = self.device
+        out: dict[str, torch.Tensor] = {}
+        if cfg:
+            neg = self._encoder(negative_key)
+            out["encoder_hidden_states"] = torch.cat([neg.prompt_embeds.to(pos["embeds"]), pos["embeds"]]).to(device)
+            if self.sdxl:
+                out["text_embeds"] = torch.cat([neg.pooled_prompt_embeds.to(pos["pooled"]), pos["pooled"]]).to(device)
+                out["time_ids"] = torch.cat([pos["time_ids"], pos["time_ids"]]).to(device).repeat(rows, 1)
+        else:
+            out["encoder_hidden_states"] = pos["embeds"].to(device)
+            if self.sdxl:
+                out["text_embeds"] = pos["pooled"].to(device)
+                out["time_ids"] = pos["time_ids"].to(device).repeat(rows, 1)
+        self._conditioning[key] = out
+        return out
+
+    # ---- sampling -------------------------------------------------------------------------------
+
+    def _root(self, seed: int) -> _State:
+        pipe = self.pipe
+        scheduler = copy.deepcopy(self._template)
+        if self.sdxl and hasattr(scheduler, "set_begin_index"):
+            scheduler.set_begin_index(0)
+        generator = torch.Generator().manual_seed(seed)
+        dtype = self._positive_embeds()["embeds"].dtype
+        latents = pipe.prepare_latents(
+            self.batch * self.num_images_per_prompt,
+            pipe.unet.config.in_channels,
+            self.height,
+            self.width,
+            dtype,
+            self.device,
+            generator,
+            None,
+        )
+        return _State(latents, scheduler, generator)
+
+    def _cache_put(self, prefix: tuple, state: _State) -> None:
+        if prefix in self._cache:
+            self._cache.move_to_end(prefix)
+            return
+        self._cache[prefix] = state.copy()
+        while len(self._cache) > self.config.max_cached_states:
+            self._cache.popitem(last=False)
+
+    def _start_branches(self, seed: int, keys: list[list[StepKey]], runs: list[int]) -> list[tuple[int, _Branch]]:
+        """Branches to start for ``runs`` of ``seed``: (first step, branch), resuming from the cache where it can."""
+        groups: dict[tuple, list[int]] = {}
+        for r in runs:
+            prefix: tuple = ()
+            if self.config.cache_prefixes:
+                for k in range(self.steps, 0, -1):
+                    candidate = (seed,) + tuple(keys[r][:k])
+                    if candidate in self._cache:
+                        prefix = tuple(keys[r][:k])
+                        break
+            groups.setdefault(prefix, []).append(r)
+        out = []
+        for prefix, members in groups.items():
+            state = self._cache[(seed,) + prefix].copy() if prefix else self._root(seed)
+            out.append((len(prefix), _Branch(seed, members, state, prefix)))
+        return out
+
+    def sample(self, runs: Sequence[Run], seeds: Sequence[int]) -> EngineResult:
+        """Sample every run for every seed; each equals ``generate(pipe, generator=torch.Generator().manual_seed(seed), ...)``."""
+        runs = list(runs)
+        seeds = [int(s) for s in seeds]
+        if not runs:
+            raise InputError("runs", runs, "give at least one run")
+        if not seeds or len(set(seeds)) != len(seeds):
+            raise InputError("seeds", seeds, "give at least one seed, each once")
+        keys = [self.step_keys(run) for run in runs]
+        _, independent = self.planned_evaluations(runs, seeds)
+        evaluations_before, calls_before = self.model_evaluations, self.unet_calls
+
+        pending: list[tuple[int, _Branch]] = []
+        for seed in seeds:
+            pending += self._start_branches(seed, keys, list(range(len(runs))))
+        pending.sort(key=lambda item: item[0])
+        live: list[_Branch] = []
+        finished: list[_Branch] = []
+        extra = self.pipe.prepare_extra_step_kwargs(None, self.eta)
+
+        with torch.no_grad():
+            for p, t in enumerate(self.timesteps):
+                step = self.pass_steps[p]
+                if p == 0 or self.pass_steps[p - 1] != step:
+                    while pending and pending[0][0] == step:
+                        live.append(pending.pop(0)[1])
+                    live = self._split(live, keys, step)
+                self._evaluate(live, keys, step, t, extra)
+            finished = live
+        images, latents = self._decode(finished, seeds, len(runs))
+        return EngineResult(
+            seeds=seeds,
+            runs=runs,
+            images=images,
+            latents=latents,
+            model_evaluations=self.model_evaluations - evaluations_before,
+            unet_calls=self.unet_calls - calls_before,
+            independent_evaluations=independent,
+        )
+
+    def _split(self, live: list[_Branch], keys: list[list[StepKey]], step: int) -> list[_Branch]:
+        """At the start of ``step``, split every branch whose runs disagree on this step's key."""
+        out = []
+        for branch in live:
+            if self.config.cache_prefixes:
+                self._cache_put((branch.seed,) + branch.prefix, branch.state)
+            groups: dict[StepKey, list[int]] = {}
+            for r in branch.runs:
+                groups.setdefault(keys[r][step], []).append(r)
+            for i, (key, members) in enumerate(groups.items()):
+                # The first group carries on with the branch's own state; the others get copies.
+                state = branch.state if i == 0 else branch.state.copy()
+                out.append(_Branch(branch.seed, members, state, branch.prefix + (key,)))
+        return out
+
+    def _model_input(self, branch: _Branch, key: StepKey, t) -> torch.Tensor:
+        latents = branch.state.latents
+        model_input = torch.cat([latents] * 2) if key[1] else latents
+        return branch.state.scheduler.scale_model_input(model_input, t)
+
+    def _guide(self, noise_pred: torch.Tensor, cfg: bool) -> torch.Tensor:
+        """The stock pipeline's CFG combination (and guidance rescale), written as it writes it."""
+        if not cfg:
+            return noise_pred
+        noise_pred_uncond, noise_pred_text = noise_pred.chunk(2)
+        guided = noise_pred_uncond + self.guidance_scale * (noise_pred_text - noise_pred_uncond)
+        if self.guidance_rescale > 0.0:
+            from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import rescale_noise_cfg
+
+            guided = rescale_noise_cfg(guided, noise_pred_text, guidance_rescale=self.guidance_rescale)
+        return guided
+
+    def _unet(self, model_input: torch.Tensor, t, cond: dict[str, torch.Tensor]) -> torch.Tensor:
+        added = {"text_embeds": cond["text_embeds"], "time_ids": cond["time_ids"]} if self.sdxl else None
+        self.unet_calls += 1
+        return self.pipe.unet(
+            model_input,
+            t,
+            encoder_hidden_states=cond["encoder_hidden_states"],
+            timestep_cond=None,
+            cross_attention_kwargs=self.cross_attention_kwargs,
+            added_cond_kwargs=added,
+            return_dict=False,
+        )[0]
+
+    def _count(self, evaluations: int) -> None:
+        self.model_evaluations += evaluations
+        if self.on_evaluations is not None:
+            self.on_evaluations(evaluations, self.model_evaluations)
+
+    def _evaluate(self, live: list[_Branch], keys: list[list[StepKey]], step: int, t, extra: dict) -> None:
+        step_keys = [keys[b.runs[0]][step] for b in live]
+        inputs = [self._model_input(b, k, t) for b, k in zip(live, step_keys)]
+        conds = [self._condition(k) for k in step_keys]
+        if self.config.batch_branches and len(live) > 1:
+            if self.on_branch_pass is not None:
+                self.on_branch_pass(-1, [r for b in live for r in b.runs], step)
+            batched = {name: torch.cat([c[name] for c in conds]) for name in conds[0]}
+            out = self._unet(torch.cat(inputs), t, batched)
+            preds = list(out.split([x.shape[0] for x in inputs]))
+            self._count(sum(x.shape[0] for x in inputs))
+        else:
+            preds = []
+            for branch, model_input, cond in zip(live, inputs, conds):
+                if self.on_branch_pass is not None:
+                    self.on_branch_pass(branch.seed, branch.runs, step)
+                preds.append(self._unet(model_input, t, cond))
+                self._count(model_input.shape[0])
+        for branch, key, pred in zip(live, step_keys, preds):
+            noise_pred = self._guide(pred, key[1])
+            step_kwargs = dict(extra)
+            if "generator" in step_kwargs:
+                step_kwargs["generator"] = branch.state.generator
+            state = branch.state
+            state.latents = state.scheduler.step(noise_pred, t, state.latents, **step_kwargs, return_dict=False)[0]
+
+    # ---- decoding -------------------------------------------------------------------------------
+
+    def decode(self, latents: torch.Tensor, generator: torch.Generator | None = None):
+        """Latents of one run to the requested ``output_type``, exactly as the stock pipeline's tail does."""
+        pipe = self.pipe
+        if self.output_type == "latent":
+            return latents
+        with torch.no_grad():
+            if self.sdxl:
+                image = self._decode_sdxl(latents)
+                if getattr(pipe, "watermark", None) is not None:
+                    image = pipe.watermark.apply_watermark(image)
+                return pipe.image_processor.postprocess(image, output_type=self.output_type)
+            image = pipe.vae.decode(latents / pipe.vae.config.scaling_factor, return_dict=False, generator=generator)[0]
+            image, nsfw = pipe.run_safety_checker(image, self.device, self._positive_embeds()["embeds"].dtype)
+            denormalize = [True] * image.shape[0] if nsfw is None else [not flagged for flagged in nsfw]
+            return pipe.image_processor.postprocess(image, output_type=self.output_type, do_denormalize=denormalize)
+
+    def _decode_sdxl(self, latents: torch.Tensor) -> torch.Tensor:
+        pipe = self.pipe
+        upcast = pipe.vae.dtype == torch.float16 and pipe.vae.config.force_upcast
+        if upcast:
+            pipe.upcast_vae()
+            latents = latents.to(next(iter(pipe.vae.post_quant_conv.parameters())).dtype)
+        mean = getattr(pipe.vae.config, "latents_mean", None)
+        std = getattr(pipe.vae.config, "latents_std", None)
+        if mean is not None and std is not None:
+            mean = torch.tensor(mean).view(1, 4, 1, 1).to(latents.device, latents.dtype)
+            std = torch.tensor(std).view(1, 4, 1, 1).to(latents.device, latents.dtype)
+            latents = latents * std / pipe.vae.config.scaling_factor + mean
+        else:
+            latents = latents / pipe.vae.config.scaling_factor
+        image = pipe.vae.decode(latents.to(pipe.vae.device), return_dict=False)[0]
+        if upcast:
+            pipe.vae.to(dtype=torch.float16)
+        return image
+
+    def _decode(self, finished: list[_Branch], seeds: list[int], n_runs: int):
+        images: dict[int, list[Any]] = {seed: [None] * n_runs for seed in seeds}
+        latents: dict[int, list[Any]] = {seed: [None] * n_runs for seed in seeds}
+        for branch in finished:
+            # Runs still together at the end are one computation: decode once, share the output.
+            out = self.decode(branch.state.latents, branch.state.generator)
+            for r in branch.runs:
+                images[branch.seed][r] = out
+                latents[branch.seed][r] = branch.state.latents
+        return images, latents
+
+
+def sample_runs(pipe, runs: Sequence[Run], seeds: Sequence[int], config: EngineConfig | None = None, **pipeline_kwargs):
+    """Sample ``runs`` x ``seeds`` on ``pipe`` with shared prefixes (see :class:`Engine`)."""
+    return Engine(pipe, config, **pipeline_kwargs).sample(runs, seeds)
+
+
+def start_sweep_runs(negative_prompt: str, starts: Sequence[int], num_inference_steps: int, end: int | None = None) -> list[Run]:
+    """The runs of a critical-step sweep: the no-negative run first, then one run per start."""
+    runs = [Run()]
+    for s in starts:
+        runs.append(Run(negative_prompt=negative_prompt, negative_start=int(s), negative_end=end))
+    return runs
+
+
+__all__ = ["Engine", "EngineConfig", "EngineResult", "Run", "NegativeWindow", "sample_runs", "start_sweep_runs"]

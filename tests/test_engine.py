@@ -1,0 +1,134 @@
+"""The engine's branches against independent ``generate()`` calls, bit for bit, on every scheduler."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from negschedule import generate
+from negschedule.engine import Engine, EngineConfig, Run, sample_runs, start_sweep_runs
+from negschedule.errors import InputError
+from negschedule.schedulers import set_scheduler
+
+from .test_generate import SCHEDULERS
+
+N = 4
+PROMPT = "a red cat"
+NEG = "blue hat"
+
+
+def reference(pipe, run: Run, seed: int, **kwargs):
+    kwargs.setdefault("num_inference_steps", N)
+    kwargs.setdefault("output_type", "latent")
+    out = generate(pipe, prompt=PROMPT, generator=torch.Generator().manual_seed(seed), **run.generate_kwargs(), **kwargs)
+    return out.images
+
+
+RUNS = start_sweep_runs(NEG, range(N), N) + [
+    Run(NEG, 1, 3),  # a window: on, then off again
+    Run(NEG, 2, cfg_off=True),  # one evaluation per step while off
+    Run(f"[:{NEG}:0.5]"),  # A1111 prompt editing
+    Run(NEG, 2, negative_windows=(("green", 0, 1),)),
+]
+
+
+@pytest.mark.parametrize("name, overrides", SCHEDULERS, ids=lambda p: p if isinstance(p, str) else ("skip_prk" if p else ""))
+def test_every_run_equals_an_independent_generate_call(tiny_sd, name, overrides):
+    set_scheduler(tiny_sd, name, **overrides)
+    result = sample_runs(tiny_sd, RUNS, seeds=[7, 8], prompt=PROMPT, num_inference_steps=N, output_type="latent")
+    for seed in (7, 8):
+        for r, run in enumerate(RUNS):
+            assert torch.equal(result.image(seed, r), reference(tiny_sd, run, seed)), f"{name} seed {seed} {run}"
+    assert result.model_evaluations < result.independent_evaluations
+
+
+def test_images_equal_generate_images(tiny_sd):
+    set_scheduler(tiny_sd, "euler_a")
+    runs = [Run(), Run(NEG, 2)]
+    result = sample_runs(tiny_sd, runs, seeds=[3], prompt=PROMPT, num_inference_steps=N, output_type="pil")
+    for r, run in enumerate(runs):
+        expected = reference(tiny_sd, run, 3, output_type="pil")[0]
+        assert np.array_equal(np.asarray(result.image(3, r)[0]), np.asarray(expected))
+
+
+def test_start_sweep_counts_shared_prefix_evaluations(tiny_sd):
+    set_scheduler(tiny_sd, "ddim")
+    T = 5
+    runs = start_sweep_runs(NEG, range(T), T)
+    result = sample_runs(tiny_sd, runs, seeds=[0], prompt=PROMPT, num_inference_steps=T, output_type="latent")
+    # T steps of the no-negative trunk, plus T - k steps for the run starting at k; 2 evaluations each (CFG).
+    assert result.model_evaluations == 2 * (T + T * (T + 1) // 2)
+    assert result.independent_evaluations == 2 * T * (T + 1)
+    assert result.unet_calls == T + T * (T + 1) // 2
+
+
+def test_multiple_images_per_prompt_and_prompt_lists(tiny_sd):
+    set_scheduler(tiny_sd, "dpmpp_2m")
+    prompts = ["a red cat", "a green dog"]
+    runs = [Run(), Run(NEG, 1), Run("hat", 3)]
+    result = sample_runs(tiny_sd, runs, seeds=[5], prompt=prompts, num_images_per_prompt=2, num_inference_steps=N, output_type="latent")
+    for r, run in enumerate(runs):
+        expected = generate(tiny_sd, prompt=prompts, num_images_per_prompt=2, num_inference_steps=N, output_type="latent",
+                            generator=torch.Generator().manual_seed(5), **run.generate_kwargs()).images
+        assert torch.equal(result.image(5, r), expected)
+    assert result.model_evaluations == 2 * 4 * (N + (N - 1) + (N - 3))  # CFG x 4 latents per pass
+
+
+@pytest.mark.parametrize("scheduler", ["euler", "dpmpp_2m", "heun"])
+def test_sdxl_runs_equal_generate(tiny_sdxl, scheduler):
+    set_scheduler(tiny_sdxl, scheduler)
+    runs = [Run(), Run(NEG, 0), Run(NEG, 2), Run(NEG, 1, 3), Run(NEG, 2, cfg_off=True)]
+    kw = dict(height=32, width=32, num_inference_steps=N, output_type="latent")
+    result = sample_runs(tiny_sdxl, runs, seeds=[1], prompt=PROMPT, **kw)
+    for r, run in enumerate(runs):
+        expected = generate(tiny_sdxl, prompt=PROMPT, generator=torch.Generator().manual_seed(1), **run.generate_kwargs(), **kw).images
+        assert torch.equal(result.image(1, r), expected), run
+
+
+def test_batched_branches_are_close_and_make_one_call_per_pass(tiny_sd):
+    set_scheduler(tiny_sd, "dpmpp_2m")
+    runs = start_sweep_runs(NEG, range(N), N)
+    exact = sample_runs(tiny_sd, runs, seeds=[0], prompt=PROMPT, num_inference_steps=N, output_type="latent")
+    batched = sample_runs(tiny_sd, runs, seeds=[0], config=EngineConfig(batch_branches=True), prompt=PROMPT,
+                          num_inference_steps=N, output_type="latent")
+    assert batched.unet_calls == N and batched.model_evaluations == exact.model_evaluations
+    for r in range(len(runs)):
+        torch.testing.assert_close(batched.image(0, r), exact.image(0, r), rtol=1e-4, atol=1e-4)
+
+
+def test_prefix_cache_resumes_later_calls(tiny_sd):
+    set_scheduler(tiny_sd, "lms")
+    engine = Engine(tiny_sd, EngineConfig(cache_prefixes=True), prompt=PROMPT, num_inference_steps=N, output_type="latent")
+    first = engine.sample([Run(NEG, 2, 3)], seeds=[4])
+    again = engine.sample([Run(NEG, 2, 4), Run(NEG, 3)], seeds=[4])
+    # Cached: steps 0..2 of the first new run (it shares them with the first call), 0..1 of the second.
+    assert again.model_evaluations == 2 * 1 + 2 * 2
+    assert torch.equal(again.image(4, 0), reference(tiny_sd, Run(NEG, 2, 4), 4))
+    assert torch.equal(again.image(4, 1), reference(tiny_sd, Run(NEG, 3), 4))
+    assert torch.equal(first.image(4, 0), reference(tiny_sd, Run(NEG, 2, 3), 4))
+
+
+def test_pipeline_scheduler_is_left_alone(tiny_sd):
+    set_scheduler(tiny_sd, "dpmpp_2m")
+    before = tiny_sd.scheduler
+    sample_runs(tiny_sd, [Run(NEG, 1)], seeds=[0], prompt=PROMPT, num_inference_steps=N, output_type="latent")
+    assert tiny_sd.scheduler is before
+
+
+@pytest.mark.parametrize(
+    "kwargs, runs, argument",
+    [
+        (dict(not_supported=1), [Run()], "not_supported"),
+        (dict(num_inference_steps=0), [Run()], "num_inference_steps"),
+        (dict(), [Run(NEG, N + 1)], "negative_start"),
+        (dict(), [Run(None, 1)], "negative_start"),
+        (dict(guidance_scale=1.0), [Run(NEG, 1)], "guidance_scale"),
+    ],
+)
+def test_bad_input_names_the_argument(tiny_sd, kwargs, runs, argument):
+    call = dict(prompt=PROMPT, num_inference_steps=N, output_type="latent")
+    call.update(kwargs)
+    with pytest.raises(InputError) as err:
+        sample_runs(tiny_sd, runs, seeds=[0], **call)
+    assert err.value.argument == argument
