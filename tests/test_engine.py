@@ -86,6 +86,21 @@ def test_sdxl_runs_equal_generate(tiny_sdxl, scheduler):
         assert torch.equal(result.image(1, r), expected), run
 
 
+@pytest.mark.parametrize("fixture", ["tiny_sd", "tiny_sdxl"])
+def test_a1111_weighted_and_long_negatives_equal_generate(request, fixture):
+    pipe = request.getfixturevalue(fixture)
+    set_scheduler(pipe, "dpmpp_2m")
+    kw = dict(num_inference_steps=N, output_type="latent", num_images_per_prompt=2)
+    if fixture == "tiny_sdxl":
+        kw.update(height=32, width=32)
+    long = ", ".join(["a blue hat"] * 9)  # more than 75 tokens: two chunks
+    runs = [Run(), Run("(blue hat:1.4)", 2), Run("(blue hat:1.4)", 0, 3), Run(f"{long} BREAK hat", 1), Run(NEG, 2)]
+    result = sample_runs(pipe, runs, seeds=[2], prompt=PROMPT, **kw)
+    for r, run in enumerate(runs):
+        expected = generate(pipe, prompt=PROMPT, generator=torch.Generator().manual_seed(2), **run.generate_kwargs(), **kw).images
+        assert torch.equal(result.image(2, r), expected), run
+
+
 def test_batched_branches_are_close_and_make_one_call_per_pass(tiny_sd):
     set_scheduler(tiny_sd, "dpmpp_2m")
     runs = start_sweep_runs(NEG, range(N), N)

@@ -26,6 +26,11 @@ call (fewer, larger calls - the fast choice on a GPU), at the price of results e
 1e-6, not bit for bit. Either way the prefix sharing, which is where most of the saving comes
 from, is exact.
 
+Text encoding follows ``generate()`` run by run: a run whose texts need AUTOMATIC1111's weights,
+chunks or ``BREAK`` is encoded by ``long_prompts.WeightedConditioning``, others by the stock
+``encode_prompt`` with the syntax taken out. Runs of the two kinds never share a branch (the
+encoding mode is part of every step key), because their embeddings need not agree in the last bit.
+
 Model evaluations are counted the way the reports show them: one per latent per model pass, so a
 CFG pass on one latent counts 2 and a pass with CFG off counts 1.
 """
@@ -41,12 +46,13 @@ import torch
 
 from .conditioning import NegativeEncoder, NegativeKey, is_sdxl
 from .errors import InputError
-from .generate import _ENCODE_ARGS, _call_defaults, _normalize, batch_size, plan_negatives
+from .generate import _ENCODE_ARGS, _call_defaults, _normalize, _plan_encoding, batch_size, plan_negatives
 from .passes import step_of_passes
 from .schedule import NegativeWindow
 
-# One step's conditioning: the per-prompt negative texts (None = off) and whether CFG runs.
-StepKey = tuple  # tuple[NegativeKey, bool]
+# One step's conditioning: the per-prompt negative texts (None = off), whether CFG runs, and whether
+# the texts are encoded the A1111 way (see long_prompts.py).
+StepKey = tuple  # tuple[NegativeKey, bool, bool]
 
 # Pipeline keywords the engine reproduces; anything else is refused rather than silently ignored.
 _SUPPORTED = {
@@ -186,17 +192,23 @@ class Engine:
             kw["prompt_2"] = _normalize(pipe, kw["prompt_2"])
         self.prompt = kw["prompt"]
         self.batch = batch_size(self.prompt, None)
+        # What _plan_encoding decides from: the texts and the encoding arguments of the call.
+        self._text_kwargs = {n: kw[n] for n in ("prompt", "prompt_2", "num_images_per_prompt", "clip_skip", "cross_attention_kwargs") if kw.get(n) is not None}
+        self._weighted = None  # the WeightedConditioning shared by every A1111-encoded run
+        self._modes: dict[frozenset, bool] = {}
         self.height = kw.get("height") or pipe.unet.config.sample_size * pipe.vae_scale_factor
         self.width = kw.get("width") or pipe.unet.config.sample_size * pipe.vae_scale_factor
         self._sizes = {n: kw.get(n) for n in ("original_size", "crops_coords_top_left", "target_size")}
 
-        encode_kwargs = {name: kw[name] for name in _ENCODE_ARGS if kw.get(name) is not None}
+        plain = dict(self._text_kwargs)
+        _plan_encoding(pipe, plain, [])  # strips A1111 syntax from plain prompts, as generate() does
+        encode_kwargs = {name: plain[name] for name in _ENCODE_ARGS if plain.get(name) is not None}
         lora_scale = (self.cross_attention_kwargs or {}).get("scale")
         if lora_scale is not None:
             encode_kwargs["lora_scale"] = lora_scale
         self._encode_kwargs = encode_kwargs
         self._encoder = NegativeEncoder(pipe, encode_kwargs)
-        self._positive = None
+        self._positive: dict[bool, dict[str, torch.Tensor]] = {}
         self._conditioning: dict[StepKey, dict[str, torch.Tensor]] = {}
         self._cache: OrderedDict[tuple, _State] = OrderedDict()
 
@@ -223,16 +235,31 @@ class Engine:
         has_negative = run.negative_prompt is not None or bool(run.negative_windows)
         if not has_negative:
             if run.negative_start is not None or run.negative_end is not None:
-                raise InputError("negative_start", run.negative_start, "needs a negative_prompt to time")
-            off = tuple([None] * self.batch)
-            return [(off, True)] * self.steps
+                name = "negative_start" if run.negative_start is not None else "negative_end"
+                raise InputError(name, getattr(run, name), "needs a negative_prompt to time")
+            keys = [tuple([None] * self.batch)] * self.steps
+            weighted = self._mode(keys)
+            return [(key, True, weighted) for key in keys]
         if self.guidance_scale <= 1:
             raise InputError("guidance_scale", self.guidance_scale, "CFG is off at guidance_scale <= 1, so a negative prompt does nothing")
         keys = plan_negatives(
             run.negative_prompt, self.steps, self.batch, run.negative_start, run.negative_end, run.negative_windows
         )
         keys = [tuple(None if text is None else _normalize(self.pipe, text) for text in key) for key in keys]
-        return [(key, not (run.cfg_off and all(t is None for t in key))) for key in keys]
+        weighted = self._mode(keys)
+        if not weighted:
+            _, keys = _plan_encoding(self.pipe, dict(self._text_kwargs), keys)
+        return [(key, not (run.cfg_off and all(t is None for t in key)), weighted) for key in keys]
+
+    def _mode(self, keys: list[NegativeKey]) -> bool:
+        """Whether generate() would encode a run with these step keys the A1111 way."""
+        texts = frozenset(t for key in keys for t in key if t is not None)
+        if texts not in self._modes:
+            weighted, _ = _plan_encoding(self.pipe, dict(self._text_kwargs), list(dict.fromkeys(keys)))
+            if weighted is not None and self._weighted is None:
+                self._weighted = weighted
+            self._modes[texts] = weighted is not None
+        return self._modes[texts]
 
     def planned_evaluations(self, runs: Sequence[Run], seeds: Sequence[int]) -> tuple[int, int]:
         """(evaluations with prefix sharing, evaluations as independent runs), before any work."""
@@ -247,42 +274,51 @@ class Engine:
 
     # ---- conditioning ---------------------------------------------------------------------------
 
-    def _positive_embeds(self) -> dict[str, torch.Tensor]:
-        if self._positive is None:
+    def _positive_embeds(self, weighted: bool = False, negative_key: NegativeKey | None = None) -> dict[str, torch.Tensor]:
+        """The positive conditioning; A1111-encoded it is padded to the length ``negative_key`` needs."""
+        if weighted:
+            key = negative_key if negative_key is not None else self._weighted.off_key
+            out = {"embeds": self._weighted.positive(key)}
+            if self.sdxl:
+                pooled = self._weighted.pipeline_kwargs(key, cfg=False)["pooled_prompt_embeds"]
+                out["pooled"] = pooled.repeat_interleave(self.num_images_per_prompt, dim=0)
+                out["time_ids"] = self._time_ids(out["embeds"].dtype, out["pooled"])
+            return out
+        if False not in self._positive:
             pipe = self.pipe
             with torch.no_grad():
                 if self.sdxl:
                     out = pipe.encode_prompt(device=self.device, do_classifier_free_guidance=False, **self._encode_kwargs)
                     embeds, pooled = out[0], out[2]
-                    projection = (
-                        int(pooled.shape[-1]) if pipe.text_encoder_2 is None else pipe.text_encoder_2.config.projection_dim
-                    )
-                    original = self._sizes["original_size"] or (self.height, self.width)
-                    target = self._sizes["target_size"] or (self.height, self.width)
-                    crops = self._sizes["crops_coords_top_left"] or (0, 0)
-                    time_ids = pipe._get_add_time_ids(
-                        original, crops, target, dtype=embeds.dtype, text_encoder_projection_dim=projection
-                    )
-                    self._positive = {"embeds": embeds, "pooled": pooled, "time_ids": time_ids}
+                    self._positive[False] = {"embeds": embeds, "pooled": pooled, "time_ids": self._time_ids(embeds.dtype, pooled)}
                 else:
                     kwargs = {"prompt": None, "num_images_per_prompt": 1, **self._encode_kwargs}
                     prompt = kwargs.pop("prompt")
                     nipp = kwargs.pop("num_images_per_prompt")
                     embeds, _ = pipe.encode_prompt(prompt, self.device, nipp, False, **kwargs)
-                    self._positive = {"embeds": embeds}
-        return self._positive
+                    self._positive[False] = {"embeds": embeds}
+        return self._positive[False]
+
+    def _time_ids(self, dtype, pooled: torch.Tensor) -> torch.Tensor:
+        """SDXL's micro-conditioning ids for one row, from the pipeline's own ``_get_add_time_ids``."""
+        pipe = self.pipe
+        projection = int(pooled.shape[-1]) if pipe.text_encoder_2 is None else pipe.text_encoder_2.config.projection_dim
+        original = self._sizes["original_size"] or (self.height, self.width)
+        target = self._sizes["target_size"] or (self.height, self.width)
+        crops = self._sizes["crops_coords_top_left"] or (0, 0)
+        return pipe._get_add_time_ids(original, crops, target, dtype=dtype, text_encoder_projection_dim=projection)
 
     def _condition(self, key: StepKey) -> dict[str, torch.Tensor]:
         """The UNet's conditioning for one branch pass, built as the stock pipeline builds it."""
         if key in self._conditioning:
             return self._conditioning[key]
-        negative_key, cfg = key
-        pos = self._positive_embeds()
+        negative_key, cfg, weighted = key
+        pos = self._positive_embeds(weighted, negative_key)
         rows = self.batch * self.num_images_per_prompt
         device = self.device
         out: dict[str, torch.Tensor] = {}
         if cfg:
-            neg = self._encoder(negative_key)
+            neg = self._weighted.negative(negative_key) if weighted else self._encoder(negative_key)
             out["encoder_hidden_states"] = torch.cat([neg.prompt_embeds.to(pos["embeds"]), pos["embeds"]]).to(device)
             if self.sdxl:
                 out["text_embeds"] = torch.cat([neg.pooled_prompt_embeds.to(pos["pooled"]), pos["pooled"]]).to(device)
@@ -297,13 +333,13 @@ class Engine:
 
     # ---- sampling -------------------------------------------------------------------------------
 
-    def _root(self, seed: int) -> _State:
+    def _root(self, seed: int, weighted: bool) -> _State:
         pipe = self.pipe
         scheduler = copy.deepcopy(self._template)
         if self.sdxl and hasattr(scheduler, "set_begin_index"):
             scheduler.set_begin_index(0)
         generator = torch.Generator().manual_seed(seed)
-        dtype = self._positive_embeds()["embeds"].dtype
+        dtype = self._positive_embeds(weighted)["embeds"].dtype
         latents = pipe.prepare_latents(
             self.batch * self.num_images_per_prompt,
             pipe.unet.config.in_channels,
@@ -338,7 +374,7 @@ class Engine:
             groups.setdefault(prefix, []).append(r)
         out = []
         for prefix, members in groups.items():
-            state = self._cache[(seed,) + prefix].copy() if prefix else self._root(seed)
+            state = self._cache[(seed,) + prefix].copy() if prefix else self._root(seed, keys[members[0]][0][2])
             out.append((len(prefix), _Branch(seed, members, state, prefix)))
         return out
 
@@ -472,7 +508,7 @@ class Engine:
                     image = pipe.watermark.apply_watermark(image)
                 return pipe.image_processor.postprocess(image, output_type=self.output_type)
             image = pipe.vae.decode(latents / pipe.vae.config.scaling_factor, return_dict=False, generator=generator)[0]
-            image, nsfw = pipe.run_safety_checker(image, self.device, self._positive_embeds()["embeds"].dtype)
+            image, nsfw = pipe.run_safety_checker(image, self.device, latents.dtype)
             denormalize = [True] * image.shape[0] if nsfw is None else [not flagged for flagged in nsfw]
             return pipe.image_processor.postprocess(image, output_type=self.output_type, do_denormalize=denormalize)
 
