@@ -276,7 +276,9 @@ class PromptEncoder:
                         z = text_encoder(ids, attention_mask=mask)[0]
                     else:
                         out = text_encoder(ids, attention_mask=mask, output_hidden_states=True)
-                        z = text_encoder.text_model.final_layer_norm(out[-1][-(self.clip_skip + 1)])
+                        # transformers 5 flattened CLIPTextModel (no .text_model), where diffusers still looks.
+                        final_norm = getattr(text_encoder, "text_model", text_encoder).final_layer_norm
+                        z = final_norm(out.hidden_states[-(self.clip_skip + 1)])
         finally:
             if scaled:
                 from diffusers.utils import unscale_lora_layers
