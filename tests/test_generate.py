@@ -248,3 +248,19 @@ def test_callback_dropped_into_a_plain_pipeline_call(request, fixture):
     by_generate = generate(pipe, prompt=PROMPT, negative_prompt=NEG, negative_start=2, num_inference_steps=N, guidance_scale=7.5,
                            output_type="latent", generator=torch.Generator().manual_seed(3), **extra).images
     assert torch.equal(by_hand, by_generate)
+
+
+def test_several_negatives_each_in_its_window(tiny_sd):
+    from negschedule import NegativeWindow
+
+    set_scheduler(tiny_sd, "dpmpp_2m")
+    # cat on steps 0..1, dog from step 2: the same as A1111's [cat:dog:1] (cat while step <= 1).
+    windows, _ = latents_of(generate, tiny_sd, prompt=PROMPT,
+                            negative_windows=[NegativeWindow("cat", 0, 2), NegativeWindow("dog", 2)])
+    a1111, _ = latents_of(generate, tiny_sd, prompt=PROMPT, negative_prompt="[cat:dog:1]")
+    assert torch.equal(windows, a1111)
+    # Overlapping windows join their texts: "cat, dog" from step 3 on.
+    both, _ = latents_of(generate, tiny_sd, prompt=PROMPT, negative_prompt="cat",
+                         negative_windows=[("dog", 3, None)])
+    joined, _ = latents_of(generate, tiny_sd, prompt=PROMPT, negative_prompt="[cat:cat, dog:2]")
+    assert torch.equal(both, joined)

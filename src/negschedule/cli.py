@@ -38,10 +38,10 @@ class RunSettings:
     textual_inversions: list[tuple[str, str]] = field(default_factory=list)  # (path, token)
 
 
-def _step_value(text: str) -> int | float:
+def _step_value(text: str, argument: str) -> int | float:
     from .schedule import parse_step_value
 
-    return parse_step_value(text)
+    return parse_step_value(text, argument=argument)
 
 
 def _textual_inversion(text: str) -> tuple[str, str]:
@@ -87,12 +87,13 @@ def _add_generation_flags(p: argparse.ArgumentParser) -> None:
 def _settings(args: argparse.Namespace) -> RunSettings:
     windows = []
     for prompt, start, end in args.negative_window:
-        windows.append((prompt, _step_value(start), None if end.lower() == "none" else _step_value(end)))
+        end_value = None if end.lower() == "none" else _step_value(end, "negative_window")
+        windows.append((prompt, _step_value(start, "negative_window"), end_value))
     return RunSettings(
         prompt=args.prompt,
         negative_prompt=args.negative_prompt,
-        negative_start=None if args.negative_start is None else _step_value(args.negative_start),
-        negative_end=None if args.negative_end is None else _step_value(args.negative_end),
+        negative_start=None if args.negative_start is None else _step_value(args.negative_start, "negative_start"),
+        negative_end=None if args.negative_end is None else _step_value(args.negative_end, "negative_end"),
         negative_windows=windows,
         cfg_off=args.cfg_off,
         steps=args.steps,
