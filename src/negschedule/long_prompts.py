@@ -90,36 +90,31 @@ def _token_ids(pipe, text: str, tokenizer) -> list[int]:
 
 def needs_a1111_encoding(pipe, text: str, argument: str = "prompt") -> bool:
     """Whether ``text`` has a weight other than 1, a ``BREAK``, or more tokens than one chunk holds."""
-    if has_weights_checked(text, argument):
+    parse_prompt_attention(text, argument)  # a weight A1111 cannot read is refused naming the argument
+    if has_weights(text):
         return True
     plain = plain_text(text)
     return any(len(_token_ids(pipe, plain, tok)) > tok.model_max_length - 2 for tok in _tokenizers(pipe))
 
 
-def has_weights_checked(text: str, argument: str) -> bool:
-    """:func:`emphasis.has_weights`, with a parse error naming ``argument``."""
-    parse_prompt_attention(text, argument)
-    return has_weights(text)
-
-
-def _vector_counts(pipe, tokenizer) -> dict[int, int]:
-    """For each multi-vector textual-inversion token id, the number of vectors (ids) it expands to."""
+def _vector_runs(tokenizer) -> dict[int, list[int]]:
+    """For each multi-vector textual-inversion token id, the ids it expands to (``t, t_1, ...``)."""
     added = tokenizer.added_tokens_encoder
-    counts = {}
+    runs = {}
     for token, token_id in added.items():
-        n = 1
-        while f"{token}_{n}" in added:
-            n += 1
-        if n > 1:
-            counts[token_id] = n
-    return counts
+        ids = [token_id]
+        while f"{token}_{len(ids)}" in added:
+            ids.append(added[f"{token}_{len(ids)}"])
+        if len(ids) > 1:
+            runs[token_id] = ids
+    return runs
 
 
 def tokenize_chunks(pipe, text: str, tokenizer, comma_backtrack: int = COMMA_BACKTRACK) -> list[TokenChunk]:
     """Split ``text`` into A1111's chunks for ``tokenizer`` (at least one; ``BREAK`` starts a new one)."""
     size = tokenizer.model_max_length - 2
     comma = tokenizer.get_vocab().get(",</w>")
-    vectors = _vector_counts(pipe, tokenizer)
+    vectors = _vector_runs(tokenizer)
     bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
 
@@ -158,8 +153,9 @@ def tokenize_chunks(pipe, text: str, tokenizer, comma_backtrack: int = COMMA_BAC
                 ids, weights = moved_ids, moved_weights
             if len(ids) == size:
                 close()
-            run = vectors.get(token, 1)
-            if run > 1 and tokens[position : position + run] == list(range(token, token + run)):
+            expansion = vectors.get(token)
+            run = len(expansion) if expansion else 1
+            if run > 1 and tokens[position : position + run] == expansion:
                 # A multi-vector embedding stays in one chunk.
                 if len(ids) + run > size:
                     close()
