@@ -1,0 +1,98 @@
+"""The ``toy`` command: ``toy train`` (the training recipe) and ``toy eval`` (the quality figures).
+
+Options are generated from the configuration dataclasses (``TrainConfig``, ``EvalConfig``), so the
+command line mirrors them field for field and is not a second source of truth. ``register`` hooks
+the command into the project CLI; ``main`` runs it alone (``python -m negschedule.toyworld.commands``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from typing import Any
+
+from ..errors import InputError
+
+
+def _parser_for(value_type: Any, name: str):
+    def parse(text: str):
+        try:
+            if value_type in ("int", int):
+                return int(text)
+            if value_type in ("float", float):
+                return float(text)
+            if "tuple" in str(value_type):
+                return tuple(int(v) for v in text.split(","))
+            return text
+        except ValueError:
+            raise InputError(name, text, f"expected {value_type}") from None
+
+    return parse
+
+
+def _add_fields(parser: argparse.ArgumentParser, config_cls) -> None:
+    for f in dataclasses.fields(config_cls):
+        default = f.default
+        shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
+        parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, default=default,
+                            type=_parser_for(f.type, "--" + f.name.replace("_", "-")),
+                            help=f"default: {shown}")
+
+
+def _config(config_cls, args: argparse.Namespace):
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(config_cls)}
+    return config_cls(**values)
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from .train import TrainConfig, train
+
+    cfg = _config(TrainConfig, args)
+    for name in ("n_scenes", "vae_steps", "unet_steps", "batch", "vae_batch", "threads"):
+        if getattr(cfg, name) < 1:
+            raise InputError("--" + name.replace("_", "-"), getattr(cfg, name), "must be at least 1")
+    if not 0 <= cfg.caption_dropout < 1:
+        raise InputError("--caption-dropout", cfg.caption_dropout, "must be in [0, 1)")
+    print(train(cfg))
+    return 0
+
+
+def _run_eval(args: argparse.Namespace) -> int:
+    from .evaluate import EvalConfig, evaluate
+
+    cfg = _config(EvalConfig, args)
+    figures = evaluate(cfg)
+    print(json.dumps(figures["summary"], indent=2))
+    return 0
+
+
+def register(subparsers) -> None:
+    """Add the ``toy`` command (``train``, ``eval``) to the project CLI's subparsers."""
+    from .evaluate import EvalConfig
+    from .train import TrainConfig
+
+    toy = subparsers.add_parser("toy", help="the shapes world: train the embedded default model, measure it")
+    sub = toy.add_subparsers(dest="toy_command", required=True)
+    train_parser = sub.add_parser("train", help="train the shapes-world model from scratch (resumable)")
+    _add_fields(train_parser, TrainConfig)
+    train_parser.set_defaults(func=_run_train)
+    eval_parser = sub.add_parser("eval", help="measure a shapes-world model; writes OUT/eval.json")
+    _add_fields(eval_parser, EvalConfig)
+    eval_parser.set_defaults(func=_run_eval)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="negschedule")
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except InputError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,205 @@
+"""The shapes world: its vocabulary, seeded scenes (what is where) and their pictures and captions.
+
+A scene is a background and one to three coloured shapes, drawn antialiased at 32x32. Two
+correlations mimic the cases of arXiv:2406.02965: the scene word "night" gives a dark background
+and, 90% of the time, a moon top right that only 30% of captions name (Paris and the Eiffel tower);
+squares carry a dark dot 80% of the time that only 30% of captions name (glasses on a face).
+Everything is a pure function of an integer seed, so the training set, the held-out evaluation
+captions and the tests' ground truth are reproducible anywhere.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+SIZE = 32  # image side in pixels
+_SS = 4  # supersampling factor: shapes are drawn 4x larger and box-filtered down, for soft edges
+
+SHAPES = ("circle", "square", "triangle")
+COLOURS: dict[str, tuple[int, int, int]] = {
+    "red": (220, 40, 40),
+    "green": (40, 170, 60),
+    "blue": (40, 80, 230),
+    "yellow": (240, 215, 40),
+    "white": (245, 245, 245),
+}
+# The moon has a colour of its own so that the detector tells it from a white or blue shape.
+MOON_RGB = (160, 185, 225)
+DOT_RGB = (15, 15, 15)
+NIGHT_RGB = (14, 18, 42)
+DAY_BACKGROUNDS = ((128, 128, 128), (95, 120, 140), (140, 122, 96))
+
+SIZES = {"small": (3.5, 4.5), "big": (5.5, 7.0)}  # half-width range in pixels
+MOON_BOX = (21, 2, 30, 11)  # where the moon sits (x0, y0, x1, y1): top right
+IMPLIED_WORDS = ("moon", "dot")  # words for objects that a scene implies without naming them
+
+P_NIGHT = 0.35  # share of night scenes
+P_MOON_AT_NIGHT = 0.9  # the implied object: a moon in 90% of night scenes
+P_NAME_MOON = 0.3  # share of captions with a moon that name it
+P_DOT_ON_SQUARE = 0.8  # the usual attribute: most squares wear a dot
+P_NAME_DOT = 0.3  # share of captions with a dotted square that name the dot
+OBJECT_COUNT_P = (0.35, 0.5, 0.15)  # probabilities of one, two, three named shapes
+
+VOCABULARY = (
+    ("a", "the", "and", "with", "at", "in", "of", "day", "night", "moon", "dot", "small", "big")
+    + tuple(COLOURS)
+    + SHAPES
+)
+
+
+@dataclass(frozen=True)
+class Object:
+    """One thing in a picture: ``shape`` (a shape name or "moon"), ``colour``, pixel ``box`` (x0, y0, x1, y1)."""
+
+    shape: str
+    colour: str
+    box: tuple[int, int, int, int]
+    dot: bool = False  # a square's dot (the attribute that usually comes with squares)
+
+    @property
+    def name(self) -> str:
+        return "moon" if self.shape == "moon" else f"{self.colour} {self.shape}"
+
+
+@dataclass(frozen=True)
+class Scene:
+    """What a picture shows: its background, its shapes, whether it is night and has a moon."""
+
+    seed: int
+    background: tuple[int, int, int]
+    objects: tuple[Object, ...]
+    night: bool
+    moon: bool
+    size_words: tuple[str, ...] = field(default=())  # "small"/"big" per object, for captions
+
+    @property
+    def truth(self) -> list[Object]:
+        """Every object the detector should find, the moon included."""
+        found = list(self.objects)
+        if self.moon:
+            found.append(Object("moon", "moon", moon_pixel_box()))
+        return found
+
+
+def _draw_moon(draw: ImageDraw.ImageDraw, background) -> None:
+    x0, y0, x1, y1 = (v * _SS for v in MOON_BOX)
+    draw.ellipse((x0, y0, x1, y1), fill=MOON_RGB)
+    bite = 0.38 * (x1 - x0)  # a crescent: the disc minus a disc shifted to the lower left
+    draw.ellipse((x0 - bite, y0 + bite * 0.5, x1 - bite, y1 + bite * 0.5), fill=background)
+
+
+def moon_pixel_box() -> tuple[int, int, int, int]:
+    """The box of the pixels the crescent covers at least half of (what a detector can see)."""
+    big = Image.new("RGB", (SIZE * _SS, SIZE * _SS), (0, 0, 0))
+    _draw_moon(ImageDraw.Draw(big), (0, 0, 0))
+    coverage = np.asarray(big.resize((SIZE, SIZE), Image.Resampling.BOX))[:, :, 0] / MOON_RGB[0]
+    ys, xs = np.nonzero(coverage >= 0.5)
+    return int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
+
+
+def _overlaps(a, b, gap: int = 1) -> bool:
+    return not (a[2] + gap <= b[0] or b[2] + gap <= a[0] or a[3] + gap <= b[1] or b[3] + gap <= a[1])
+
+
+def _place(rng: np.random.Generator, size_word: str, taken: list) -> tuple[int, int, int, int] | None:
+    """A free pixel box for a shape of ``size_word``, by rejection sampling; None when the scene is too full.
+
+    Boxes are compared as the pixels they touch, with one whole free pixel between any two, so that
+    two shapes never share a blended edge pixel.
+    """
+    for _ in range(100):
+        half = float(rng.uniform(*SIZES[size_word]))
+        cx, cy = rng.uniform(half + 1, SIZE - half - 1, size=2)
+        box = (int(np.floor(cx - half)), int(np.floor(cy - half)), int(np.ceil(cx + half)), int(np.ceil(cy + half)))
+        if not any(_overlaps(box, t) for t in taken):
+            return box
+    return None
+
+
+def make_scene(seed: int, n_objects: int | None = None, night: bool | None = None) -> Scene:
+    """The scene of ``seed``; ``n_objects`` and ``night`` force those choices (for evaluation sets)."""
+    rng = np.random.default_rng(seed)
+    if night is None:
+        night = bool(rng.random() < P_NIGHT)
+    if n_objects is None:
+        n_objects = int(rng.choice([1, 2, 3], p=OBJECT_COUNT_P))
+    moon = night and bool(rng.random() < P_MOON_AT_NIGHT)
+    background = NIGHT_RGB if night else DAY_BACKGROUNDS[int(rng.integers(len(DAY_BACKGROUNDS)))]
+    kinds = [(c, s) for c in COLOURS for s in SHAPES]
+    picks = rng.choice(len(kinds), size=n_objects, replace=False)
+    taken = [MOON_BOX] if moon else []
+    objects, size_words = [], []
+    for k in picks:
+        colour, shape = kinds[int(k)]
+        size_word = "small" if rng.random() < 0.5 else "big"
+        box = _place(rng, size_word, taken) or _place(rng, "small", taken)
+        if box is None:  # no room left: the scene keeps the shapes it already has
+            continue
+        if box[2] - box[0] < 2 * SIZES["big"][0]:  # the fallback placed a small one
+            size_word = "small"
+        taken.append(box)
+        dot = shape == "square" and bool(rng.random() < P_DOT_ON_SQUARE)
+        objects.append(Object(shape, colour, box, dot))
+        size_words.append(size_word)
+    return Scene(seed, background, tuple(objects), night, moon, tuple(size_words))
+
+
+def render(scene: Scene) -> Image.Image:
+    """The 32x32 RGB picture of ``scene``, drawn at 4x and box-filtered down (soft edges)."""
+    big = Image.new("RGB", (SIZE * _SS, SIZE * _SS), scene.background)
+    draw = ImageDraw.Draw(big)
+    s = _SS
+    if scene.moon:
+        _draw_moon(draw, scene.background)
+    for obj in scene.objects:
+        x0, y0, x1, y1 = (v * s for v in obj.box)
+        rgb = COLOURS[obj.colour]
+        if obj.shape == "circle":
+            draw.ellipse((x0, y0, x1 - 1, y1 - 1), fill=rgb)
+        elif obj.shape == "square":
+            draw.rectangle((x0, y0, x1 - 1, y1 - 1), fill=rgb)
+        else:
+            draw.polygon([((x0 + x1) / 2, y0), (x1 - 1, y1 - 1), (x0, y1 - 1)], fill=rgb)
+        if obj.dot:
+            cx, cy, r = (x0 + x1) / 2, (y0 + y1) / 2, 0.2 * (x1 - x0)
+            draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=DOT_RGB)
+    return big.resize((SIZE, SIZE), Image.Resampling.BOX)
+
+
+def _object_phrase(obj: Object, size_word: str, rng: np.random.Generator, name_dot: bool) -> str:
+    words = []
+    if rng.random() < 0.7:
+        words.append("a")
+    if rng.random() < 0.4:
+        words.append(size_word)
+    words += [obj.colour, obj.shape]
+    if obj.dot and name_dot:
+        words += ["with", "a", "dot"]
+    return " ".join(words)
+
+
+def caption(scene: Scene, rng: np.random.Generator | int = 0) -> str:
+    """A caption of ``scene`` with varied wording; ``rng`` picks the wording (and whether implied things are named)."""
+    rng = np.random.default_rng(rng) if isinstance(rng, (int, np.integer)) else rng
+    order = list(range(len(scene.objects)))
+    rng.shuffle(order)
+    name_dot = bool(rng.random() < P_NAME_DOT)
+    phrases = [_object_phrase(scene.objects[i], scene.size_words[i], rng, name_dot) for i in order]
+    joiner = " and " if rng.random() < 0.6 else ", "
+    text = joiner.join(phrases)
+    if scene.moon and rng.random() < P_NAME_MOON:
+        text += " and the moon"
+    if scene.night:
+        text = f"night, {text}" if rng.random() < 0.6 else f"{text} at night"
+    elif rng.random() < 0.25:
+        text = f"day, {text}" if rng.random() < 0.5 else f"{text} in the day"
+    return text
+
+
+def sample(seed: int) -> tuple[Image.Image, str]:
+    """The picture and a caption of scene ``seed`` (the generator's one-call form)."""
+    scene = make_scene(seed)
+    return render(scene), caption(scene, seed)
