@@ -390,3 +390,22 @@ def test_sdxl_weighted_long_and_timed(sdxl):
     with_2, _ = latents_of(generate, sdxl, prompt="a (red:1.3) cat", prompt_2=words(90), negative_prompt="glasses",
                            **XL)
     assert torch.isfinite(with_2).all()
+
+
+# --- the command line passes prompts through generate() ---
+
+
+def test_cli_takes_weighted_long_and_timed_prompts(tmp_path, capsys):
+    from PIL import Image
+
+    from negschedule.cli import main
+
+    negative = "[:(glasses:1.3), " + BASE + ":0.2]"
+    out = tmp_path / "weighted.png"
+    assert main(["generate", "--prompt", "a (red:1.2) cat BREAK sky", "--negative-prompt", negative,
+                 "--steps", "3", "--seed", "1", "--out", str(out)]) == 0
+    assert Image.open(out).text["parameters"].splitlines()[1] == f"Negative prompt: {negative}"
+    bad = ["generate", "--prompt", "a cat", "--negative-prompt", "(glasses:1.2.3)", "--steps", "3",
+           "--out", str(tmp_path / "bad.png")]
+    assert main(bad) == 2
+    assert "negative_prompt=" in capsys.readouterr().err and not (tmp_path / "bad.png").exists()
