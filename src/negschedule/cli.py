@@ -248,12 +248,16 @@ def build_parser() -> argparse.ArgumentParser:
     cmp = sub.add_parser("compare", help="no negative | negative from step 0 | negative from step k")
     _add_generation_flags(cmp)
     cmp.set_defaults(func=cmd_compare)
-    try:
-        from .toyworld import commands as toy_commands
-    except ImportError:  # the toy world is optional for the core verbs
-        toy_commands = None
-    if toy_commands is not None and hasattr(toy_commands, "register"):
-        toy_commands.register(sub)
+    import importlib
+
+    # Verbs owned by other modules (toy world, experiments, web UI) register themselves.
+    for module in ("negschedule.toyworld.commands", "negschedule.experiments.commands", "negschedule.app"):
+        try:
+            importlib.import_module(module).register(sub)
+        except ModuleNotFoundError as err:  # a missing optional dependency (gradio) hides that verb only
+            if module.startswith(err.name or "") or not (err.name or "").startswith("negschedule"):
+                continue
+            raise
     return parser
 
 
