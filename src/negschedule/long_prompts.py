@@ -77,7 +77,10 @@ def _tokenizers(pipe) -> list:
 
 def _expand_ti(pipe, text: str, tokenizer) -> str:
     convert = getattr(pipe, "maybe_convert_prompt", None)
-    return convert(text, tokenizer) if convert is not None else text
+    # Only multi-vector tokens expand; skipping the call otherwise also spares its too-long warning.
+    if convert is None or not _vector_runs(tokenizer):
+        return text
+    return convert(text, tokenizer)
 
 
 def _token_ids(pipe, text: str, tokenizer) -> list[int]:
