@@ -151,8 +151,10 @@ def generate(
     ``num_inference_steps`` (``int(f * N)``); the window is half-open ``[start, end)``.
     ``negative_windows``: further ``NegativeWindow(prompt, start, end)`` (or tuples), each acting in
     its own window; texts active together are joined with ", ". The negative prompt may use
-    AUTOMATIC1111 prompt editing (``[:glasses:0.2]``). ``cfg_off``: while no negative is active, run
-    without CFG (positive prediction only) instead of CFG with the empty prompt.
+    AUTOMATIC1111 prompt editing (``[:glasses:0.2]``). Prompt and negative may use A1111 emphasis
+    (``(x:1.3)``, ``(x)``, ``[x]``, ``BREAK``) and run past 77 tokens: such texts are encoded the
+    A1111 way (``long_prompts.py``), all others by the stock pipeline. ``cfg_off``: while no
+    negative is active, run without CFG (positive prediction only) instead of CFG with the empty prompt.
     Returns the pipeline's own output.
     """
     defaults = _call_defaults(pipe)
