@@ -78,7 +78,7 @@ def child_path(root: str | Path | None, name: Any, argument: str, enable_flag: s
     """``root/name`` for a plain ``name`` whose real path lies directly in ``root``; InputError otherwise."""
     if root is None:
         raise InputError(argument, name, f"not enabled on this server (start it with {enable_flag} DIR)")
-    if not isinstance(name, str) or not _PLAIN_NAME.match(name) or ".." in name:
+    if not isinstance(name, str) or not _PLAIN_NAME.fullmatch(name) or ".." in name:
         raise InputError(
             argument, name, "must be a plain name (letters, digits, '.', '_', '-'; no path, no '..', no leading dot)"
         )

@@ -1,0 +1,361 @@
+"""The web UI's handlers without a browser: same images as the library, checked names, errors as messages."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+import numpy as np
+import pytest
+import torch
+
+import negschedule.app as app
+from negschedule.app import DEFAULT_MODEL, MODEL_SCHEDULER, ServeConfig, UI
+from negschedule.errors import InputError
+
+CORE = dict(
+    model=DEFAULT_MODEL,
+    scheduler=MODEL_SCHEDULER,
+    prompt="a red circle",
+    negative_prompt="blue square",
+    negative_start=2,
+    negative_end=4,  # = steps: "to the last step"
+    cfg_off=False,
+    steps=4,
+    guidance_scale=7.5,
+    seed=1,
+)
+
+
+def core(**changes):
+    """The page's core inputs, in the order the page sends them."""
+    return list({**CORE, **changes}.values())
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    from negschedule.tiny import build_tiny_sd
+
+    return build_tiny_sd(seed=0)  # our own copy: the UI swaps its scheduler
+
+
+@pytest.fixture(scope="module")
+def ui(pipe):
+    return UI(ServeConfig(), default_pipe=pipe)
+
+
+def library_image(pipe, **kwargs):
+    from negschedule import generate
+
+    args = dict(prompt=CORE["prompt"], num_inference_steps=4, guidance_scale=7.5, generator=torch.Generator().manual_seed(1))
+    args.update(kwargs)
+    return np.asarray(generate(pipe, **args).images[0])
+
+
+class Recorder:
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, value, desc=None, **_):
+        self.calls.append((value, desc))
+
+
+# ---- the handlers give the library's images --------------------------------------------------------------
+
+
+def test_generate_is_the_library_generate_with_settings_in_the_png(ui, pipe):
+    progress = Recorder()
+    image, per_step, status = ui.generate(*core(), False, progress=progress)
+    assert np.array_equal(np.asarray(image), library_image(pipe, negative_prompt="blue square", negative_start=2))
+    assert per_step == []
+    params = image.info["parameters"].splitlines()
+    assert params[:2] == ["a red circle", "Negative prompt: blue square"]
+    assert "Negative start: 2" in params[2] and "Steps: 4" in params[2] and "Seed: 1" in params[2]
+    assert "steps 0-1: CFG with the empty prompt · steps 2-3: 'blue square'" in status
+    assert progress.calls[-1][0] == (4, 4)  # one report per pass, the last one complete
+
+
+def test_generate_shows_every_step_with_the_active_negative(ui):
+    _, per_step, _ = ui.generate(*core(negative_end=3), True)
+    assert [caption for _, caption in per_step] == [
+        "after step 0: off", "after step 1: off", "after step 2: 'blue square'", "after step 3: off",
+    ]
+    assert all(img.size == (32, 32) for img, _ in per_step)
+
+
+def test_scheduler_menu_builds_from_the_model_own_config(ui, pipe):
+    first, _, _ = ui.generate(*core(), False)
+    ui.generate(*core(scheduler="euler_a"), False)
+    assert type(pipe.scheduler).__name__ == "EulerAncestralDiscreteScheduler"
+    again, _, _ = ui.generate(*core(), False)
+    assert type(pipe.scheduler).__name__ == "DDIMScheduler"
+    assert np.array_equal(np.asarray(first), np.asarray(again))
+
+
+def test_compare_is_no_negative_then_step_zero_then_step_k(ui, pipe):
+    row, images, status = ui.compare(*core())
+    assert [label for _, label in images] == ["no negative", "negative from step 0", "negative from step 2"]
+    expected = [
+        library_image(pipe),
+        library_image(pipe, negative_prompt="blue square", negative_start=0),
+        library_image(pipe, negative_prompt="blue square", negative_start=2),
+    ]
+    for (img, _), want in zip(images, expected):
+        assert np.array_equal(np.asarray(img), want)
+    assert row.width == 3 * 256  # labelled_row: 32x32 tiles shown at 256
+    assert "3 runs" in status
+
+
+def test_sweep_by_the_library_equals_the_generate_loop(ui, monkeypatch):
+    inputs = core() + ["0:4:2", "0,1"]
+    if app.experiment("sweep") is not None:
+        grid, status = ui.sweep(*inputs)
+        assert "negschedule.experiments.sweep" in status
+    else:
+        grid = None
+    monkeypatch.setattr(app, "experiment", lambda name: None)
+    looped, status = ui.sweep(*inputs)
+    assert "one generate() call per image" in status and "6 images" in status
+    assert looped.size == (3 * 128, 2 * (128 + 22))  # 2 seeds x (no negative + 2 starts)
+    if grid is not None:
+        assert np.array_equal(np.asarray(grid), np.asarray(looped))
+
+
+def test_sweep_refuses_work_beyond_its_limit(ui):
+    with pytest.raises(InputError, match="starts"):
+        ui.sweep(*core(steps=100, negative_end=100), "0:100", "0:10")
+
+
+@pytest.mark.parametrize(
+    "text, steps, expected",
+    [("0:4", 4, [0, 1, 2, 3]), ("0:20:5", 20, [0, 5, 10, 15]), ("3, 1,3", 4, [3, 1]), ("4", 4, [4])],
+)
+def test_parse_starts(text, steps, expected):
+    assert app.parse_starts(text, steps) == expected
+
+
+@pytest.mark.parametrize("text", ["", "a:b", "0:4:0", "5", "-1", "1:2:3:4"])
+def test_parse_starts_refuses(text):
+    with pytest.raises(InputError, match="starts"):
+        app.parse_starts(text, 4)
+
+
+# ---- bad input is an InputError naming the argument ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "changes, argument",
+    [
+        (dict(prompt="  "), "prompt"),
+        (dict(steps=0), "steps"),
+        (dict(steps=None), "steps"),
+        (dict(seed=-1), "seed"),
+        (dict(seed=1.5), "seed"),
+        (dict(scheduler="nope"), "scheduler"),
+        (dict(negative_start=9), "negative_start"),
+        (dict(guidance_scale=1.0), "guidance_scale"),
+        (dict(negative_prompt="[blue square"), "negative_prompt"),
+    ],
+)
+def test_bad_input_is_refused_with_its_name(ui, changes, argument):
+    with pytest.raises(InputError, match=argument):
+        ui.generate(*core(**changes), False)
+
+
+def test_compare_and_sweep_need_a_negative(ui):
+    with pytest.raises(InputError, match="negative_prompt"):
+        ui.compare(*core(negative_prompt=""))
+    with pytest.raises(InputError, match="negative_prompt"):
+        ui.sweep(*core(negative_prompt=""), "0:2", "0")
+
+
+def test_experiment_tabs_say_what_is_missing(ui, monkeypatch):
+    monkeypatch.setattr(app, "experiment", lambda name: None)
+    image, status = ui.heatmaps(*core(), "blue, square")
+    assert image is None and "negschedule.experiments.attention_heatmaps" in status
+    image, status = ui.removal_curve(*core(), "", "0")
+    assert image is None and "negschedule.experiments.removal_curve" in status
+
+
+def test_experiment_tabs_call_the_library_when_it_has_them(ui, monkeypatch):
+    from PIL import Image
+
+    calls = {}
+
+    class Curve:
+        model_evaluations = 12
+
+        def plot(self):
+            return Image.new("RGB", (10, 5))
+
+    def heatmaps(pipe, **kwargs):
+        calls["heatmaps"] = kwargs
+        return [Image.new("RGB", (8, 4)), Image.new("RGB", (6, 4))]
+
+    def removal_curve(pipe, **kwargs):
+        calls["removal_curve"] = kwargs
+        return Curve()
+
+    monkeypatch.setattr(app, "experiment", {"attention_heatmaps": heatmaps, "removal_curve": removal_curve}.get)
+    image, _ = ui.heatmaps(*core(), "blue, square")
+    assert image.size == (8, 8)
+    assert calls["heatmaps"]["tokens"] == ["blue", "square"] and calls["heatmaps"]["negative_start"] == 2
+    image, status = ui.removal_curve(*core(), "", "0,1")
+    assert image.size == (10, 5) and "12 model evaluations" in status
+    assert calls["removal_curve"]["concept"] == "blue square" and calls["removal_curve"]["seeds"] == [0, 1]
+
+
+# ---- nothing from the page reaches the file system unchecked ---------------------------------------------
+
+ESCAPES = [
+    "../../etc",
+    "..",
+    ".",
+    "/etc",
+    "/etc/passwd",
+    "/",
+    "tiny/../../etc",
+    "tiny/",
+    "./tiny",
+    "~/tiny",
+    "..\\..\\etc",
+    ".hidden",
+    "tiny\x00",
+    "%2e%2e%2fetc",
+    "tiny/model_index.json",
+    "a" * 300,
+    "tiny\n",
+    123,
+]
+
+
+@pytest.fixture(scope="module")
+def models_dir(tmp_path_factory, pipe):
+    root = tmp_path_factory.mktemp("models")
+    pipe.save_pretrained(root / "tiny")
+    (root / "not-a-model").mkdir()
+    outside = tmp_path_factory.mktemp("outside")
+    pipe.save_pretrained(outside / "elsewhere")
+    os.symlink(outside / "elsewhere", root / "link-out")  # a model folder, but outside the root
+    return root
+
+
+@pytest.fixture
+def no_loading(monkeypatch):
+    """Fail the test if anything is loaded: refused names must be refused before the file system is read."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"load_pipeline called with {args} {kwargs}")
+
+    monkeypatch.setattr("negschedule.models.load_pipeline", refuse)
+
+
+@pytest.mark.parametrize("name", ESCAPES + ["link-out", "not-a-model", "missing"])
+def test_model_names_that_leave_the_models_dir_are_refused(pipe, models_dir, no_loading, name):
+    ui = UI(ServeConfig(models_dir=models_dir), default_pipe=pipe)
+    with pytest.raises(InputError, match="model"):
+        app.resolve_model(name, models_dir)
+    with pytest.raises(InputError, match="model"):
+        ui.generate(*core(model=name), False)
+
+
+@pytest.mark.parametrize("name", ["tiny", "../../etc", "/etc"])
+def test_without_models_dir_only_the_default_loads(pipe, no_loading, name):
+    ui = UI(ServeConfig(), default_pipe=pipe)
+    assert ui.model_choices() == [DEFAULT_MODEL]
+    with pytest.raises(InputError, match="--models-dir"):
+        ui.generate(*core(model=name), False)
+
+
+def test_a_model_in_the_models_dir_loads_and_draws_like_its_source(pipe, models_dir):
+    ui = UI(ServeConfig(models_dir=models_dir), default_pipe=pipe)
+    assert ui.model_choices() == [DEFAULT_MODEL, "tiny"]  # not the symlink out, not the folder without a model
+    image, _, _ = ui.generate(*core(model="tiny"), False)
+    assert np.array_equal(np.asarray(image), library_image(pipe, negative_prompt="blue square", negative_start=2))
+
+
+@pytest.mark.parametrize("name", ESCAPES + ["x.txt", "x.png.exe", "", None])
+def test_output_names_that_leave_the_outputs_dir_are_refused(tmp_path, name):
+    outputs = tmp_path / "out"
+    outputs.mkdir()
+    with pytest.raises(InputError, match="file_name"):
+        app.output_path(outputs, name)
+    assert list(tmp_path.iterdir()) == [outputs] and not any(outputs.iterdir())
+
+
+def test_save_writes_a_png_with_settings_and_never_overwrites(pipe, tmp_path):
+    from PIL import Image
+
+    ui = UI(ServeConfig(outputs_dir=tmp_path), default_pipe=pipe)
+    image, _, _ = ui.generate(*core(), False)
+    assert "saved pizza.png" in ui.save(image, "pizza")
+    assert Image.open(tmp_path / "pizza.png").text["parameters"] == image.info["parameters"]
+    with pytest.raises(InputError, match="already exists"):
+        ui.save(image, "pizza.png")
+    with pytest.raises(InputError, match="--outputs-dir"):
+        UI(ServeConfig(), default_pipe=pipe).save(image, "pizza2.png")
+
+
+# ---- the Gradio side and the serve verb --------------------------------------------------------------------
+
+
+def test_failures_come_back_as_page_messages():
+    gr = pytest.importorskip("gradio")
+
+    def bad_input(value, progress):
+        raise InputError("negative_prompt", value, "unbalanced [")
+
+    def crash(value, progress):
+        raise RuntimeError("boom\nsecond line")
+
+    with pytest.raises(gr.Error, match=r"negative_prompt='\[x': unbalanced \["):
+        app._page_errors(bad_input, 1)("[x", None)
+    with pytest.raises(gr.Error, match="RuntimeError: boom"):
+        app._page_errors(crash, 1)("x", None)
+
+
+def test_handlers_get_gradio_progress():
+    gr = pytest.importorskip("gradio")
+    from gradio.helpers import special_args
+
+    handler = app._page_errors(lambda a, b, progress: None, 2)
+    inputs, progress_index, *_ = special_args(handler, inputs=["a", "b"])
+    assert progress_index == 2 and isinstance(inputs[2], gr.Progress)
+
+
+def test_the_page_builds(ui):
+    pytest.importorskip("gradio")
+    demo = app.build_app(ui)
+    assert demo.title == "negschedule"
+
+
+def parse_serve(*argv):
+    parser = argparse.ArgumentParser()
+    app.register(parser.add_subparsers(dest="command"))
+    return parser.parse_args(["serve", *argv])
+
+
+def test_serve_binds_loopback_unless_asked(monkeypatch, tmp_path):
+    pytest.importorskip("gradio")
+    monkeypatch.setenv("GRADIO_ANALYTICS_ENABLED", "False")
+    args = parse_serve()
+    assert (args.host, args.port, args.models_dir, args.outputs_dir) == ("127.0.0.1", 7860, None, None)
+    assert parse_serve("--host", "0.0.0.0", "--port", "8000").host == "0.0.0.0"
+
+    launched = {}
+
+    class FakeDemo:
+        def launch(self, **kwargs):
+            launched.update(kwargs)
+
+    monkeypatch.setattr(app.UI, "preload", lambda self: None)
+    monkeypatch.setattr(app, "build_app", lambda ui: FakeDemo())
+    assert app.cmd_serve(parse_serve("--port", "8123", "--models-dir", str(tmp_path))) == 0
+    assert launched["server_name"] == "127.0.0.1" and launched["server_port"] == 8123
+    assert launched["share"] is False
+
+
+@pytest.mark.parametrize("argv, argument", [(["--port", "0"], "port"), (["--models-dir", "/no/such/dir"], "models_dir"), (["--outputs-dir", "/no/such"], "outputs_dir")])
+def test_serve_refuses_bad_flags(argv, argument):
+    with pytest.raises(InputError, match=argument):
+        app.cmd_serve(parse_serve(*argv))
