@@ -62,15 +62,12 @@ def _vae(seed: int):
     ).eval()
 
 
-def build_tiny_sd(seed: int = 0, scheduler: str = "ddim"):
-    """A random-weight ``StableDiffusionPipeline`` (32x32 images, 16x16 latents), deterministic in ``seed``."""
-    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+def _unet(seed: int, **config):
+    """A two-level UNet on 16x16 latents, cross-attention at the lower level only; ``config`` adds the rest."""
+    from diffusers import UNet2DConditionModel
 
-    from .schedulers import make_scheduler
-
-    tokenizer = tiny_tokenizer()
     torch.manual_seed(seed)
-    unet = UNet2DConditionModel(
+    return UNet2DConditionModel(
         block_out_channels=(32, 64),
         layers_per_block=1,
         sample_size=16,
@@ -78,10 +75,19 @@ def build_tiny_sd(seed: int = 0, scheduler: str = "ddim"):
         out_channels=4,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=32,
-        attention_head_dim=8,
         norm_num_groups=8,
+        **config,
     ).eval()
+
+
+def build_tiny_sd(seed: int = 0, scheduler: str = "ddim"):
+    """A random-weight ``StableDiffusionPipeline`` (32x32 images, 16x16 latents), deterministic in ``seed``."""
+    from diffusers import StableDiffusionPipeline
+
+    from .schedulers import make_scheduler
+
+    tokenizer = tiny_tokenizer()
+    unet = _unet(seed, cross_attention_dim=32, attention_head_dim=8)
     pipe = StableDiffusionPipeline(
         unet=unet,
         vae=_vae(seed + 1),
@@ -98,7 +104,7 @@ def build_tiny_sd(seed: int = 0, scheduler: str = "ddim"):
 
 def build_tiny_sdxl(seed: int = 0, scheduler: str = "euler", force_zeros_for_empty_prompt: bool = True):
     """A random-weight ``StableDiffusionXLPipeline`` with two text encoders, deterministic in ``seed``."""
-    from diffusers import StableDiffusionXLPipeline, UNet2DConditionModel
+    from diffusers import StableDiffusionXLPipeline
 
     from .schedulers import make_scheduler
 
@@ -106,15 +112,8 @@ def build_tiny_sdxl(seed: int = 0, scheduler: str = "euler", force_zeros_for_emp
     tokenizer_2 = tiny_tokenizer()
     text_encoder = _text_encoder(len(tokenizer), 32, None, seed + 2, with_projection=False)
     text_encoder_2 = _text_encoder(len(tokenizer_2), 32, 32, seed + 3, with_projection=True)
-    torch.manual_seed(seed)
-    unet = UNet2DConditionModel(
-        block_out_channels=(32, 64),
-        layers_per_block=1,
-        sample_size=16,
-        in_channels=4,
-        out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+    unet = _unet(
+        seed,
         attention_head_dim=(2, 4),
         use_linear_projection=True,
         addition_embed_type="text_time",
@@ -122,8 +121,7 @@ def build_tiny_sdxl(seed: int = 0, scheduler: str = "euler", force_zeros_for_emp
         transformer_layers_per_block=(1, 1),
         projection_class_embeddings_input_dim=80,  # 6 * 8 time ids + 32 pooled text
         cross_attention_dim=64,  # both encoders' hidden states concatenated
-        norm_num_groups=8,
-    ).eval()
+    )
     pipe = StableDiffusionXLPipeline(
         unet=unet,
         vae=_vae(seed + 1),
