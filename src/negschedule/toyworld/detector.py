@@ -13,6 +13,8 @@ colour mask there (intersection over union), holes filled; a moon-coloured objec
 whatever its outline. A poor fit (IoU < 0.7) is retried with a deeper erosion, which splits two
 same-colour shapes whose edges touch. A square has a dot when a pixel inside it is much darker
 than its colour; the dot's hole is filled before erosion so that it never splits the square.
+Regions under 12 pixels, and shapes that fit no template with IoU >= 0.5, are not objects: a
+blurry or noisy picture yields nothing rather than false objects.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ from .world import COLOURS, MOON_RGB, SHAPES, Object
 MAX_COLOUR_DISTANCE = 110.0  # RGB distance beyond which a pixel is no colour of the world
 MIN_CORE_PIXELS = 2  # smaller eroded cores are noise or blend rings
 MAX_GROW_PIXELS = 3.0  # how far a core grows back: the eroded rim and a triangle's thin apex
+MIN_OBJECT_PIXELS = 12  # smaller regions are not objects (the smallest triangle covers about 20 pixels)
+MIN_FIT = 0.5  # a region that fits no shape template better than this is a smudge, not a shape
 SPLIT_BELOW_FIT = 0.7  # template IoU under which an object is tried as two touching ones
 DOT_DARKNESS = 0.55  # a dot: some pixel inside a square darker than this share of the square's brightness
 _CROSS = ndimage.generate_binary_structure(2, 1)
@@ -87,7 +91,8 @@ def _regions(mask: np.ndarray, erosions: int) -> list[np.ndarray]:
     distance, (iy, ix) = ndimage.distance_transform_edt(cores == 0, return_indices=True)
     owner = np.where(mask & (distance <= MAX_GROW_PIXELS + erosions - 1), cores[iy, ix], 0)
     sizes = ndimage.sum_labels(np.ones_like(cores), cores, index=np.arange(1, n + 1))
-    return [owner == k for k in range(1, n + 1) if sizes[k - 1] >= MIN_CORE_PIXELS]
+    regions = [owner == k for k in range(1, n + 1) if sizes[k - 1] >= MIN_CORE_PIXELS]
+    return [r for r in regions if r.sum() >= MIN_OBJECT_PIXELS]
 
 
 def _box(region: np.ndarray) -> tuple[int, int, int, int]:
@@ -107,6 +112,8 @@ def _shape_objects(pixels: np.ndarray, mask: np.ndarray, name: str) -> list[Obje
                 found += _shape_objects(pixels, parts[0], name) + [
                     o for part in parts[1:] for o in _shape_objects(pixels, part, name)]
                 continue
+        if fit < MIN_FIT:
+            continue
         dot = False
         if shape == "square" and min(x1 - x0, y1 - y0) >= 5:
             luminance = pixels[y0 + 2 : y1 - 2, x0 + 2 : x1 - 2].mean(-1)

@@ -1,11 +1,249 @@
-"""Placeholder: replaced below."""
-from dataclasses import dataclass
+"""``toy eval``: the shapes-world model's quality figures and the paper's questions, measured.
+
+Every figure comes from the exact detector on images sampled with fixed seeds from held-out
+scenes (scene seeds from ``scene_seed`` on, far above the training set's), so two runs of the same
+command give the same numbers. What it measures:
+
+- two requested shapes, no negative: how often each / both are drawn;
+- a negative naming one of the two, from each start step: how often it is removed, how often the
+  other stays, SSIM to the no-negative image, how many of the no-negative image's other objects stay;
+- night captions that do not name the moon: how often the moon comes anyway (the implied object),
+  and with the negative "moon" from each start step: removal, SSIM, objects kept, and reverse
+  activation (a moon where the no-negative image had none);
+- a negative naming a shape the caption does not request: how often that shape appears
+  (reverse activation of an object) against the no-negative rate;
+- the detector's agreement with the ground truth on the model VAE's reconstructions.
+
+Results go to ``<out>/eval.json`` (with the targets of the issue and whether each is met) and a few
+picture grids ``<out>/*.png``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from scipy import ndimage
+
+from .detector import detect
+from .world import COLOURS, SHAPES, caption, make_scene, render
+
+TARGETS = {  # the issue's acceptance figures
+    "two_objects_both_present": 0.85,
+    "negative_named_object_absent": 0.75,
+    "negative_other_object_kept": 0.90,
+    "implied_moon_present_unnamed": 0.70,
+    "moon_removed_best_start": 0.60,
+}
 
 
 @dataclass
 class EvalConfig:
-    out: str = "runs/toyworld-eval"
+    """What ``toy eval`` measures and how; the command's options mirror these fields."""
+
+    out: str = "runs/toyworld-eval"  # folder for eval.json and the picture grids
+    model: str = ""  # pipeline folder; "" = the model shipped in the package
+    n: int = 200  # captions per set (held out: scene seeds scene_seed, scene_seed+1, ...)
+    scene_seed: int = 1_000_000  # first held-out scene seed (training uses 0..n_scenes-1)
+    image_seed: int = 0  # image i is sampled with torch seed image_seed + i
+    steps: int = 20  # denoising steps
+    guidance_scale: float = 7.5  # classifier-free guidance scale (the pipeline's default)
+    starts: tuple[int, ...] = (0, 2, 4, 6, 8, 10, 14)  # negative start steps for the curves
+    batch: int = 50  # images per pipeline call (memory bound)
+    threads: int = 2  # torch CPU threads
 
 
-def evaluate(cfg):
-    raise NotImplementedError
+def ssim(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean SSIM of two RGB images in [0, 1] (7x7 uniform windows, per channel; Wang et al. 2004 constants)."""
+    c1, c2 = 0.01**2, 0.03**2
+    values = []
+    for ch in range(3):
+        x, y = a[..., ch].astype(np.float64), b[..., ch].astype(np.float64)
+        mx, my = ndimage.uniform_filter(x, 7), ndimage.uniform_filter(y, 7)
+        vx = ndimage.uniform_filter(x * x, 7) - mx * mx
+        vy = ndimage.uniform_filter(y * y, 7) - my * my
+        cxy = ndimage.uniform_filter(x * y, 7) - mx * my
+        s = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))
+        values.append(s[3:-3, 3:-3].mean())
+    return float(np.mean(values))
+
+
+def _load(cfg: EvalConfig):
+    from diffusers import StableDiffusionPipeline
+
+    from .train import ASSET_DIR
+
+    folder = Path(cfg.model) if cfg.model else ASSET_DIR
+    pipe = StableDiffusionPipeline.from_pretrained(folder, local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def sample(pipe, prompts: list[str], seeds: list[int], cfg: EvalConfig, negative=None, start: int = 0) -> np.ndarray:
+    """Images (N x H x W x 3 floats in [0, 1]) for ``prompts``; ``negative`` (str or per-prompt list) from step ``start``."""
+    from ..generate import generate
+
+    out = []
+    for i in range(0, len(prompts), cfg.batch):
+        chunk = prompts[i : i + cfg.batch]
+        kwargs = dict(prompt=chunk, num_inference_steps=cfg.steps, guidance_scale=cfg.guidance_scale, output_type="np",
+                      generator=[torch.Generator().manual_seed(s) for s in seeds[i : i + cfg.batch]])
+        if negative is not None:
+            neg = negative[i : i + cfg.batch] if isinstance(negative, list) else negative
+            kwargs.update(negative_prompt=neg, negative_start=start)
+        out.append(generate(pipe, **kwargs).images)
+    return np.concatenate(out)
+
+
+def _names(objects) -> set[str]:
+    return {o.name for o in objects}
+
+
+def two_object_set(cfg: EvalConfig) -> list[tuple[str, list[str], str]]:
+    """Held-out two-shape captions: (caption, the two requested names, an unrequested shape name)."""
+    rows, seed = [], cfg.scene_seed
+    while len(rows) < cfg.n:
+        scene = make_scene(seed, n_objects=2)
+        rng = np.random.default_rng(seed)
+        seed += 1
+        if len(scene.objects) != 2:
+            continue
+        text = caption(scene, rng)
+        requested = [o.name for o in scene.objects]
+        others = [f"{c} {s}" for c in COLOURS for s in SHAPES if f"{c} {s}" not in requested]
+        rows.append((text, requested, others[int(rng.integers(len(others)))]))
+    return rows
+
+
+def night_set(cfg: EvalConfig) -> list[str]:
+    """Held-out night captions that do not name the moon."""
+    rows, seed = [], cfg.scene_seed + 500_000
+    while len(rows) < cfg.n:
+        scene = make_scene(seed, night=True)
+        rng = np.random.default_rng(seed)
+        seed += 1
+        text = caption(scene, rng)
+        while "moon" in text:
+            text = caption(scene, rng)
+        rows.append(text)
+    return rows
+
+
+def _rest_kept(base_objects, objects, removed: str) -> float:
+    """Share of the no-negative image's objects (other than ``removed``) still there."""
+    rest = _names(base_objects) - {removed}
+    return 1.0 if not rest else len(rest & _names(objects)) / len(rest)
+
+
+def _curve_point(base_images, base_objects, images, negated: list[str]) -> dict:
+    objects = [detect(im) for im in images]
+    absent = [name not in _names(o) for name, o in zip(negated, objects)]
+    reverse = [name in _names(o) and name not in _names(b) for name, o, b in zip(negated, objects, base_objects)]
+    return {
+        "absent": float(np.mean(absent)),
+        "reverse_activation": float(np.mean(reverse)),
+        "ssim_to_no_negative": float(np.mean([ssim(a, b) for a, b in zip(base_images, images)])),
+        "rest_kept": float(np.mean([_rest_kept(b, o, n) for b, o, n in zip(base_objects, objects, negated)])),
+    }, objects
+
+
+def _grid(rows: list[np.ndarray], path: Path, scale: int = 3) -> None:
+    """Save rows of images (each row: N x H x W x 3 in [0, 1]) as one picture."""
+    h, w = rows[0].shape[1:3]
+    canvas = np.ones((len(rows) * (h + 2), rows[0].shape[0] * (w + 2), 3))
+    for r, row in enumerate(rows):
+        for c, im in enumerate(row):
+            canvas[r * (h + 2) : r * (h + 2) + h, c * (w + 2) : c * (w + 2) + w] = im
+    picture = Image.fromarray((canvas * 255).round().astype(np.uint8))
+    picture.resize((picture.width * scale, picture.height * scale), Image.Resampling.NEAREST).save(path)
+
+
+def detector_on_reconstructions(pipe, n: int = 500, first_seed: int = 2_000_000) -> float:
+    """Share of held-out scenes whose VAE reconstruction the detector reads exactly as the ground truth."""
+    scenes = [make_scene(first_seed + i) for i in range(n)]
+    x = torch.from_numpy(np.stack([np.asarray(render(s)) for s in scenes])).permute(0, 3, 1, 2).float() / 127.5 - 1
+    with torch.no_grad():
+        rec = pipe.vae.decode(pipe.vae.encode(x).latent_dist.mean).sample
+    images = ((rec.clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1).numpy()
+    hits = [sorted(_names(detect(im))) == sorted(o.name for o in s.truth) for im, s in zip(images, scenes)]
+    return float(np.mean(hits))
+
+
+def evaluate(cfg: EvalConfig) -> dict:
+    """Run every measurement; writes and returns the figures."""
+    torch.set_num_threads(cfg.threads)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    pipe = _load(cfg)
+    seeds = [cfg.image_seed + i for i in range(cfg.n)]
+    figures: dict = {"config": asdict(cfg)}
+
+    figures["detector_on_vae_reconstructions"] = detector_on_reconstructions(pipe)
+
+    rows = two_object_set(cfg)
+    prompts = [r[0] for r in rows]
+    base = sample(pipe, prompts, seeds, cfg)
+    base_objects = [detect(im) for im in base]
+    each = [[name in _names(o) for name in r[1]] for r, o in zip(rows, base_objects)]
+    figures["two_objects"] = {"both_present": float(np.mean([all(e) for e in each])),
+                              "each_present": float(np.mean(each))}
+
+    # A negative naming one of the two requested shapes (alternating which), from each start step.
+    negated = [r[1][i % 2] for i, r in enumerate(rows)]
+    kept_name = [r[1][1 - i % 2] for i, r in enumerate(rows)]
+    curve, grid_rows = {}, [base[:10]]
+    for k in cfg.starts:
+        images = sample(pipe, prompts, seeds, cfg, negative=negated, start=k)
+        point, objects = _curve_point(base, base_objects, images, negated)
+        point["other_kept"] = float(np.mean([name in _names(o) for name, o in zip(kept_name, objects)]))
+        curve[str(k)] = point
+        grid_rows.append(images[:10])
+    figures["negative_object"] = curve
+    _grid(grid_rows, out / "negative_object.png")
+
+    # A negative naming a shape the caption does not request: does it appear because it was named?
+    unrequested = [r[2] for r in rows]
+    base_rate = float(np.mean([name in _names(o) for name, o in zip(unrequested, base_objects)]))
+    curve = {"no_negative_appears": base_rate}
+    for k in cfg.starts:
+        images = sample(pipe, prompts, seeds, cfg, negative=unrequested, start=k)
+        point, _ = _curve_point(base, base_objects, images, unrequested)
+        curve[str(k)] = point
+    figures["negative_unrequested_object"] = curve
+
+    # The implied object: night captions that do not name the moon.
+    night = night_set(cfg)
+    base_n = sample(pipe, night, seeds, cfg)
+    base_n_objects = [detect(im) for im in base_n]
+    figures["moon_unnamed_present"] = float(np.mean(["moon" in _names(o) for o in base_n_objects]))
+    curve, grid_rows = {}, [base_n[:10]]
+    for k in cfg.starts:
+        images = sample(pipe, night, seeds, cfg, negative="moon", start=k)
+        point, _ = _curve_point(base_n, base_n_objects, images, ["moon"] * len(night))
+        curve[str(k)] = point
+        grid_rows.append(images[:10])
+    figures["negative_moon"] = curve
+    _grid(grid_rows, out / "negative_moon.png")
+
+    best_k = max(cfg.starts, key=lambda k: figures["negative_moon"][str(k)]["absent"])
+    measured = {
+        "two_objects_both_present": figures["two_objects"]["both_present"],
+        "negative_named_object_absent": figures["negative_object"]["0"]["absent"] if 0 in cfg.starts else None,
+        "negative_other_object_kept": figures["negative_object"]["0"]["other_kept"] if 0 in cfg.starts else None,
+        "implied_moon_present_unnamed": figures["moon_unnamed_present"],
+        "moon_removed_best_start": figures["negative_moon"][str(best_k)]["absent"],
+    }
+    figures["summary"] = {
+        name: {"measured": value, "target": TARGETS[name], "met": value is not None and value >= TARGETS[name]}
+        for name, value in measured.items()
+    }
+    figures["summary"]["moon_best_start"] = best_k
+    figures["seconds"] = round(time.time() - t0)
+    (out / "eval.json").write_text(json.dumps(figures, indent=2))
+    return figures

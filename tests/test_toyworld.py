@@ -1,0 +1,146 @@
+"""The shapes world: generator, tokenizer, detector, training recipe, and the shipped model."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from negschedule.errors import InputError
+from negschedule.toyworld import VOCABULARY, caption, detect, make_scene, present, render
+from negschedule.toyworld.tokenizer import build_tokenizer
+from negschedule.toyworld.train import ASSET_DIR, TrainConfig, train
+
+SHIPPED = (ASSET_DIR / "model_index.json").is_file()
+
+
+def test_generator_is_deterministic():
+    for seed in (0, 7, 123456):
+        a, b = make_scene(seed), make_scene(seed)
+        assert a == b
+        assert np.array_equal(np.asarray(render(a)), np.asarray(render(b)))
+        assert caption(a, seed) == caption(b, seed)
+    assert make_scene(1) != make_scene(2)
+    assert render(make_scene(0)).size == (32, 32)
+
+
+def test_generator_correlations():
+    scenes = [make_scene(s) for s in range(3000)]
+    night = [s for s in scenes if s.night]
+    assert 0.85 < np.mean([s.moon for s in night]) < 0.95  # the implied object
+    assert not any(s.moon for s in scenes if not s.night)
+    squares = [o for s in scenes for o in s.objects if o.shape == "square"]
+    assert 0.75 < np.mean([o.dot for o in squares]) < 0.85  # the usual attribute
+    rng = np.random.default_rng(0)
+    named = [("moon" in caption(s, rng)) for s in night if s.moon]
+    assert 0.25 < np.mean(named) < 0.35
+    texts = {caption(scenes[3], k) for k in range(20)}
+    assert len(texts) > 3  # the wording varies
+
+
+def test_every_word_is_one_token():
+    tokenizer = build_tokenizer()
+    for word in VOCABULARY:
+        ids = tokenizer(word).input_ids
+        assert len(ids) == 3, (word, tokenizer.convert_ids_to_tokens(ids))
+    longest = "night, a small yellow triangle, a big white square with a dot and a small green circle and the moon"
+    assert len(tokenizer(longest).input_ids) <= tokenizer.model_max_length
+
+
+def _matches(scene, found) -> bool:
+    truth = sorted((o.name, o.dot) for o in scene.truth)
+    if truth != sorted((o.name, o.dot) for o in found):
+        return False
+    return all(any(t.name == f.name and max(abs(p - q) for p, q in zip(t.box, f.box)) <= 2 for f in found)
+               for t in scene.truth)
+
+
+def test_detector_accuracy_on_ground_truth():
+    seeds = range(500_000, 500_600)
+    hits = [_matches(make_scene(s), detect(render(make_scene(s)))) for s in seeds]
+    assert np.mean(hits) >= 0.99
+
+
+def test_present():
+    scene = next(make_scene(s) for s in range(100) if make_scene(s).moon and make_scene(s).objects[0].shape == "square")
+    image = render(scene)
+    first = scene.objects[0]
+    assert present(image, first.name)
+    assert present(image, first.shape) and present(image, first.colour)
+    assert present(image, "moon")
+    assert present(image, "dot") == any(o.dot for o in scene.objects)
+    absent = next(f"{c} {s}" for c in ("red", "blue") for s in ("circle", "triangle")
+                  if f"{c} {s}" not in {o.name for o in scene.objects})
+    assert not present(image, absent)
+    assert present(np.asarray(image), first.name)  # arrays too
+    assert present(np.asarray(image) / 255.0, first.name)  # float images in [0, 1]
+    day = next(make_scene(s) for s in range(100) if not make_scene(s).night)
+    assert not present(render(day), "moon")
+    with pytest.raises(InputError):
+        present(image, "purple circle")
+
+
+def test_training_smoke_two_steps_and_resume(tmp_path):
+    cfg = TrainConfig(out=str(tmp_path), n_scenes=32, vae_channels=(8, 16), vae_steps=2, vae_batch=4,
+                      text_width=16, text_layers=1, text_heads=2, unet_channels=(16, 32), unet_heads=2,
+                      unet_steps=2, batch=4, warmup=1, checkpoint_every=1, log_every=1)
+    folder = train(cfg)
+    assert (folder / "model_index.json").is_file()
+    assert "unet step 2/2" in (tmp_path / "train.log").read_text()
+    cfg.unet_steps = 3  # resumes from the step-2 checkpoint: one more step, no VAE retraining
+    train(cfg)
+    log = (tmp_path / "train.log").read_text()
+    assert "unet step 3/3" in log and log.count("vae step 2/2") == 1
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(folder, local_files_only=True)
+    image = pipe("a red circle", num_inference_steps=2, generator=torch.Generator().manual_seed(0)).images[0]
+    assert image.size == (32, 32)
+
+
+def test_toy_command_rejects_bad_arguments(tmp_path):
+    from negschedule.toyworld.commands import main
+
+    assert main(["toy", "train", "--out", str(tmp_path), "--unet-steps", "0"]) == 2
+    with pytest.raises(SystemExit) as exit_info:
+        main(["toy", "train", "--batch", "many"])
+    assert exit_info.value.code == 2
+
+
+@pytest.mark.skipif(not SHIPPED, reason="the trained shapes-world weights are not in src/negschedule/assets/toyworld yet")
+def test_shipped_model_loads_offline():
+    code = (
+        "from diffusers import DiffusionPipeline; import json, sys; "
+        f"p = DiffusionPipeline.from_pretrained({str(ASSET_DIR)!r}, local_files_only=True); "
+        "print(json.dumps([type(p).__name__, p.tokenizer('triangle').input_ids]))"
+    )
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    name, ids = json.loads(result.stdout.strip().splitlines()[-1])
+    assert name == "StableDiffusionPipeline" and len(ids) == 3
+    size = sum(f.stat().st_size for f in ASSET_DIR.rglob("*") if f.is_file())
+    assert size <= 30 * 2**20
+
+
+@pytest.mark.skipif(not SHIPPED, reason="the trained shapes-world weights are not in src/negschedule/assets/toyworld yet")
+def test_shipped_model_draws_requested_objects():
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(ASSET_DIR, local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+    cases = [("a red circle", ["red circle"]), ("a blue square", ["blue square"]),
+             ("a yellow triangle", ["yellow triangle"]), ("a green circle", ["green circle"]),
+             ("a white triangle and a red square", ["white triangle", "red square"]),
+             ("a blue circle and a yellow square", ["blue circle", "yellow square"]),
+             ("night, a green triangle and the moon", ["green triangle", "moon"]),
+             ("a big white circle", ["white circle"])]
+    images = pipe([c[0] for c in cases], num_inference_steps=20, output_type="np",
+                  generator=[torch.Generator().manual_seed(i) for i in range(len(cases))]).images
+    drawn = [all(present(im, name) for name in names) for im, (_, names) in zip(images, cases)]
+    assert sum(drawn) >= 7, drawn
