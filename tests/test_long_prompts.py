@@ -409,3 +409,11 @@ def test_cli_takes_weighted_long_and_timed_prompts(tmp_path, capsys):
            "--out", str(tmp_path / "bad.png")]
     assert main(bad) == 2
     assert "negative_prompt=" in capsys.readouterr().err and not (tmp_path / "bad.png").exists()
+
+
+def test_clip_skip_works_on_sd(sd):
+    # The stock SD encode_prompt fails with clip_skip on transformers 5; the A1111 encoder takes it.
+    plain, _ = latents_of(generate, sd, prompt=PROMPT, negative_prompt="glasses", num_inference_steps=N)
+    skipped, _ = latents_of(generate, sd, prompt=PROMPT, negative_prompt="glasses", clip_skip=1,
+                            num_inference_steps=N)
+    assert torch.isfinite(skipped).all() and not torch.equal(skipped, plain)

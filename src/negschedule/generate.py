@@ -15,7 +15,7 @@ from typing import Any, Sequence
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 
 from .callbacks import NegativeScheduleCallback
-from .conditioning import NegativeKey
+from .conditioning import NegativeKey, is_sdxl
 from .errors import InputError
 from .schedule import NegativeSchedule, NegativeWindow
 
@@ -100,6 +100,11 @@ def _plan_encoding(pipe, kwargs: dict[str, Any], step_keys: list[NegativeKey]):
     texts += [("negative_prompt", text) for text in dict.fromkeys(t for key in step_keys for t in key if t is not None)]
     # Every text is parsed (no short-circuit), so a malformed weight is refused before any work.
     needed = [needs_a1111_encoding(pipe, text, name) for name, text in texts]
+    # diffusers' SD encode_prompt reads text_encoder.text_model for clip_skip, which transformers 5's
+    # CLIPTextModel no longer has: the stock path would fail, so clip_skip takes the A1111 path there.
+    text_encoder = getattr(pipe, "text_encoder", None)
+    if kwargs.get("clip_skip") is not None and text_encoder is not None and not is_sdxl(pipe):
+        needed.append(not hasattr(text_encoder, "text_model"))
     if not any(needed):
         for name in ("prompt", "prompt_2"):
             value = kwargs.get(name)
