@@ -417,3 +417,18 @@ def test_clip_skip_works_on_sd(sd):
     skipped, _ = latents_of(generate, sd, prompt=PROMPT, negative_prompt="glasses", clip_skip=1,
                             num_inference_steps=N)
     assert torch.isfinite(skipped).all() and not torch.equal(skipped, plain)
+
+
+def test_ui_takes_weighted_long_and_timed_prompts():
+    import numpy as np
+
+    from negschedule.app import DEFAULT_MODEL, MODEL_SCHEDULER, UI, ServeConfig
+
+    pipe = build_tiny_sd(seed=0)  # our own: the UI may swap its scheduler
+    ui = UI(ServeConfig(), default_pipe=pipe)
+    prompt, negative = "a (red:1.2) cat BREAK sky", "(glasses:1.3), " + BASE
+    # The page's core inputs: model, scheduler, prompt, negative, start, end, cfg_off, steps, cfg scale, seed.
+    image, _, _ = ui.generate(DEFAULT_MODEL, MODEL_SCHEDULER, prompt, negative, 2, 4, False, 4, 7.5, 1, False)
+    expected = generate(pipe, prompt=prompt, negative_prompt=negative, negative_start=2, num_inference_steps=4,
+                        guidance_scale=7.5, generator=torch.Generator().manual_seed(1)).images[0]
+    assert np.array_equal(np.asarray(image), np.asarray(expected))
