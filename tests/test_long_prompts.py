@@ -96,6 +96,16 @@ def test_long_text_fills_75_token_chunks_each_wrapped_and_padded(sd):
     assert list(chunks[1].ids) == tok(words(25, start=75), padding="max_length", max_length=77).input_ids
 
 
+def test_sd2_style_padding_pads_after_eos_with_the_pad_token(sd):
+    # SD 2.x tokenizers pad with "!" rather than EOS; each chunk pads as the tokenizer itself does.
+    from transformers import CLIPTokenizer
+
+    sd2 = CLIPTokenizer(vocab=sd.tokenizer.get_vocab(), merges=[], model_max_length=77, pad_token="!")
+    chunks = tokenize_chunks(sd, words(80), sd2)
+    assert list(chunks[1].ids) == sd2(words(5, start=75), padding="max_length", max_length=77).input_ids
+    assert chunks[0].ids[-1] == sd2.eos_token_id and chunks[1].ids[-1] == sd2.pad_token_id != sd2.eos_token_id
+
+
 def test_exactly_75_tokens_is_one_chunk(sd):
     assert len(tokenize_chunks(sd, words(75), sd.tokenizer)) == 1
     assert len(tokenize_chunks(sd, words(76), sd.tokenizer)) == 2
