@@ -1,0 +1,164 @@
+"""The page in a real browser: Debian's chromium driven by Playwright (no browser is downloaded).
+
+The server runs in this process on a free loopback port, over the tiny offline pipeline, with an
+outputs folder. Screenshots go to ``$NEGSCHEDULE_ARTIFACTS`` (default: a pytest temporary folder).
+Needs ``apt-get install -y chromium`` (``/usr/bin/chromium``; ``NEGSCHEDULE_CHROMIUM`` overrides
+the path) and ``pip install playwright gradio``; without them the tests skip and say why.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = os.environ.get("NEGSCHEDULE_CHROMIUM", "/usr/bin/chromium")
+# Headless, offline, quiet: nothing the browser starts may reach the network or a GPU.
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+pytestmark = pytest.mark.skipif(
+    not Path(CHROMIUM).is_file(),
+    reason=f"no chromium at {CHROMIUM}: install Debian's package (apt-get install -y chromium); "
+    "Playwright's own browser download is not used",
+)
+sync_api = pytest.importorskip("playwright.sync_api", reason="needs the Playwright driver: pip install playwright")
+pytest.importorskip("gradio", reason="needs gradio: pip install gradio")
+
+from negschedule.app import ServeConfig, UI, build_app, launch  # noqa: E402
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory) -> Path:
+    folder = os.environ.get("NEGSCHEDULE_ARTIFACTS")
+    path = Path(folder) if folder else tmp_path_factory.mktemp("ui-artifacts")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    from negschedule.tiny import build_tiny_sd
+
+    outputs = tmp_path_factory.mktemp("outputs")
+    config = ServeConfig(port=free_port(), outputs_dir=outputs)
+    demo = build_app(UI(config, default_pipe=build_tiny_sd(seed=0)))
+    launch(demo, config, block=False)
+    yield f"http://127.0.0.1:{config.port}/", outputs
+    demo.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser, server):
+    page = browser.new_page(viewport={"width": 1280, "height": 1000})
+    page.set_default_timeout(30_000)
+    page.goto(server[0], wait_until="domcontentloaded")
+    page.wait_for_selector("#ns-generate")
+    yield page
+    page.close()
+
+
+def set_number(page, elem_id: str, value) -> None:
+    """Type into a slider's number box and leave it, as a user does."""
+    box = page.locator(f"#{elem_id} input[type=number]")
+    box.fill(str(value))
+    box.press("Enter")
+    box.blur()
+
+
+def loaded_images(page, selector: str, count: int) -> list[int]:
+    """Wait until ``count`` images under ``selector`` have loaded; their natural widths."""
+    page.wait_for_function(
+        "([sel, n]) => { const imgs = [...document.querySelectorAll(sel)];"
+        " return imgs.length >= n && imgs.slice(0, n).every(i => i.complete && i.naturalWidth > 0); }",
+        arg=[selector, count],
+    )
+    return page.eval_on_selector_all(selector, "imgs => imgs.map(i => i.naturalWidth)")
+
+
+def test_generate_shows_the_image_its_steps_and_saves_it(page, server, artifacts):
+    from PIL import Image
+
+    set_number(page, "ns-steps", 8)
+    # The step sliders follow N: their range is now 0..8 and the window ends at the last step.
+    page.wait_for_function("document.querySelector('#ns-end input[type=number]').value === '8'")
+    assert page.locator("#ns-start input[type=range]").get_attribute("max") == "8"
+    set_number(page, "ns-start", 2)
+    page.locator("#ns-show-steps input").check()
+    page.click("#ns-generate")
+    page.wait_for_function("document.querySelector('#ns-status').innerText.includes(\"steps 2-7: 'blue square'\")")
+    assert loaded_images(page, "#ns-image img", 1) == [32]  # the model's own pixels, shown large
+    assert len(loaded_images(page, "#ns-steps-gallery img", 8)) >= 8
+    page.screenshot(path=str(artifacts / "ui-generate.png"), full_page=True)
+
+    page.fill("#ns-file-name textarea, #ns-file-name input", "from-browser")
+    page.click("#ns-save")
+    page.wait_for_function("document.querySelector('#ns-status').innerText.includes('saved from-browser.png')")
+    saved = server[1] / "from-browser.png"
+    assert "Negative start: 2" in Image.open(saved).text["parameters"]
+
+    page.fill("#ns-file-name textarea, #ns-file-name input", "../escaped.png")
+    page.click("#ns-save")
+    page.get_by_text(re.compile(r"file_name='\.\./escaped\.png'")).first.wait_for()
+    assert not (server[1].parent / "escaped.png").exists()
+    assert sorted(p.name for p in server[1].iterdir()) == ["from-browser.png"]
+
+
+def test_compare_brings_back_three_images(page, artifacts):
+    page.get_by_role("tab", name="compare").click()
+    page.click("#ns-compare")
+    assert loaded_images(page, "#ns-compare-row img", 1) == [3 * 256]
+    assert len(loaded_images(page, "#ns-compare-gallery img", 3)) >= 3
+    page.wait_for_function("document.querySelector('#ns-compare-status').innerText.includes('3 runs')")
+    page.screenshot(path=str(artifacts / "ui-compare.png"), full_page=True)
+
+
+def test_sweep_brings_back_a_grid(page, artifacts):
+    page.get_by_role("tab", name="sweep").click()
+    page.fill("#ns-starts textarea, #ns-starts input", "0:20:5")
+    page.fill("#ns-seeds textarea, #ns-seeds input", "0,1")
+    page.click("#ns-sweep")
+    assert loaded_images(page, "#ns-grid img", 1) == [5 * 128]  # no negative + 4 starts
+    page.wait_for_function("document.querySelector('#ns-sweep-status').innerText.includes('10 images')")
+    page.screenshot(path=str(artifacts / "ui-sweep.png"), full_page=True)
+
+
+def test_errors_are_messages_in_a_page_that_keeps_working(page, artifacts):
+    page.fill("#ns-negative textarea, #ns-negative input", "[blue square")
+    page.click("#ns-generate")
+    page.get_by_text(re.compile(r"negative_prompt=")).first.wait_for()
+    page.screenshot(path=str(artifacts / "ui-error.png"), full_page=True)
+    page.fill("#ns-negative textarea, #ns-negative input", "blue square")
+    page.click("#ns-generate")
+    assert loaded_images(page, "#ns-image img", 1) == [32]
+
+
+def test_the_server_serves_no_file_it_did_not_make(page, server):
+    for path in ("gradio_api/file=/etc/passwd", "gradio_api/file=../../../../etc/passwd", "file=/etc/passwd"):
+        response = page.request.get(server[0] + path)
+        assert response.status != 200 or "root:" not in response.text(), path
