@@ -1,0 +1,165 @@
+"""The experiment verbs of the ``negschedule`` command line: ``sweep``.
+
+``register(subparsers)`` adds the verbs to the main parser (``cli.py``); ``main(argv)`` runs them
+on their own. Flags mirror :class:`~negschedule.experiments.sweep.SweepConfig` field for field.
+Bad input prints one line naming the argument and exits with code 2 before any model is loaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from ..errors import InputError
+
+
+def parse_steps(text: str, argument: str, upper: int | None = None) -> list[int]:
+    """``"0:20"`` (Python slice: 0..19), ``"0:20:5"``, ``"3"``, or a comma list of those, as ints."""
+    out: list[int] = []
+    for item in str(text).split(","):
+        item = item.strip()
+        parts = item.split(":")
+        try:
+            numbers = [int(p) for p in parts]
+        except ValueError:
+            raise InputError(argument, text, "expected steps like 0:20, 0:20:2 or 0,5,10") from None
+        if len(numbers) == 1:
+            out.append(numbers[0])
+        elif len(numbers) in (2, 3):
+            step = numbers[2] if len(numbers) == 3 else 1
+            if step <= 0 or numbers[0] < 0 or numbers[1] <= numbers[0]:
+                raise InputError(argument, text, f"{item!r} is empty or decreasing")
+            out.extend(range(numbers[0], numbers[1], step))
+        else:
+            raise InputError(argument, text, "expected steps like 0:20, 0:20:2 or 0,5,10")
+    for n in out:
+        if n < 0 or (upper is not None and n > upper):
+            raise InputError(argument, text, f"step {n} is outside 0..{upper}")
+    if len(set(out)) != len(out):
+        raise InputError(argument, text, "names a step twice")
+    return out
+
+
+def _prompts(args: argparse.Namespace) -> list[str]:
+    prompts = list(args.prompt or [])
+    if args.prompts_file:
+        path = Path(args.prompts_file)
+        if not path.is_file():
+            raise InputError("prompts_file", str(path), "no such file")
+        prompts += [line.strip() for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")]
+    if not prompts:
+        raise InputError("prompt", None, "give --prompt (repeatable) or --prompts-file")
+    return prompts
+
+
+def add_model_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=None, help="folder, .safetensors file or hub id; default: the embedded toy model")
+    p.add_argument("--config", default=None, help="local diffusers config folder for a single-file checkpoint")
+    p.add_argument("--scheduler", default=None, help="ddim|ddpm|euler|euler_a|dpmpp_2m|lms|pndm|heun")
+    p.add_argument("--steps", type=int, default=20, help="num_inference_steps (T)")
+    p.add_argument("--guidance-scale", "--cfg-scale", type=float, default=7.5, dest="guidance_scale")
+    p.add_argument("--height", type=int, default=None)
+    p.add_argument("--width", type=int, default=None)
+
+
+def add_sweep_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--prompt", action="append", help="a prompt (repeatable)")
+    p.add_argument("--prompts-file", default=None, help="one prompt per line")
+    p.add_argument("--negative-prompt", required=True)
+    p.add_argument("--starts", default=None, help="start steps: 0:20 (every step), 0:20:2, 0,5,10; default every step")
+    p.add_argument("--window", nargs=2, type=int, action="append", default=[], metavar=("START", "END"),
+                   help="a column with the negative acting in [START, END) (repeatable)")
+    p.add_argument("--seeds", default="0", help="0,1,2 or 0:8")
+    p.add_argument("--concept", default=None, help="what the detector looks for, e.g. 'red circle'")
+    p.add_argument("--detector", default="toy", choices=["toy", "clip"])
+    p.add_argument("--clip-model", default=None, help="a local CLIPModel folder (with its tokenizer) for --detector clip")
+    p.add_argument("--batch-branches", action="store_true", help="one UNet call per pass for all branches (faster, not bit-exact)")
+    p.add_argument("--out", required=True, help="folder for images, results.json, report.html (a rerun resumes)")
+    p.add_argument("--no-progress", action="store_true")
+    add_model_flags(p)
+
+
+def load_model(args: argparse.Namespace):
+    from .. import load_pipeline
+
+    pipe = load_pipeline(args.model, scheduler=args.scheduler, config=args.config)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def clip_detector_parts(args: argparse.Namespace) -> dict[str, Any] | None:
+    if args.detector != "clip" or args.concept is None:
+        return None
+    if args.clip_model is None:
+        raise InputError("clip_model", None, "--detector clip needs --clip-model FOLDER")
+    if not Path(args.clip_model).is_dir():
+        raise InputError("clip_model", args.clip_model, "no such folder")
+    from transformers import AutoTokenizer, CLIPModel
+
+    return {"model": CLIPModel.from_pretrained(args.clip_model), "tokenizer": AutoTokenizer.from_pretrained(args.clip_model)}
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from .report import write_sweep
+    from .sweep import SweepConfig, _shard, run_sweep
+
+    if args.steps <= 0:
+        raise InputError("steps", args.steps, "must be a positive integer")
+    windows = tuple((int(s), int(e)) for s, e in args.window)
+    starts = parse_steps(args.starts, "starts", args.steps) if args.starts else ([] if windows else list(range(args.steps)))
+    pipeline = {k: v for k, v in (("height", args.height), ("width", args.width)) if v is not None}
+    config = SweepConfig(
+        prompts=tuple(_prompts(args)),
+        negative_prompt=args.negative_prompt,
+        seeds=tuple(parse_steps(args.seeds, "seeds")),
+        starts=tuple(starts),
+        windows=windows,
+        num_inference_steps=args.steps,
+        guidance_scale=args.guidance_scale,
+        concept=args.concept,
+        detector=args.detector,
+        batch_branches=args.batch_branches,
+        pipeline=pipeline,
+    )
+    config.validate()  # before the model loads
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise InputError("out", str(out), "exists and is not a folder")
+    pipe = load_model(args)
+    context = {"model": args.model, "model_config": args.config}
+    result = run_sweep(pipe, config, out=out, progress=not args.no_progress, clip=clip_detector_parts(args), context=context)
+    if _shard()[0] == 0:
+        write_sweep(result, out)
+        print(f"{out / 'report.html'}: {len(result.records)} units ({len(result.computed_units)} sampled now), "
+              f"{result.model_evaluations} model evaluations ({result.independent_evaluations} as independent runs)")
+    return 0
+
+
+def register(subparsers) -> None:
+    """Add the experiment verbs to the ``negschedule`` parser's subparsers."""
+    sweep = subparsers.add_parser("sweep", help="critical-step sweep: the negative starting at every step, every seed")
+    add_sweep_flags(sweep)
+    sweep.set_defaults(func=cmd_sweep)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="negschedule", description="negschedule experiments")
+    register(parser.add_subparsers(dest="command", required=True))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args) or 0
+    except InputError as err:
+        print(f"negschedule {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

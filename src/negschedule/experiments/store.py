@@ -1,0 +1,115 @@
+"""A result store on disk that a killed experiment resumes from, recomputing nothing finished.
+
+This module owns the files of an experiment folder and the rules that make them safe:
+
+* Every file is written atomically: to a temporary name in the same folder, flushed and fsynced,
+  then ``os.replace``-d onto its name, so a reader (or a restarted run) sees the old file or the
+  new one, never a torn one.
+* Work is split into *units* (one prompt and seed); a unit's record, ``units/<name>.json``, is
+  written only after all its images, so its presence is the commit mark. A restarted run skips
+  every unit with a record and redoes the others from scratch (a half-written unit leaves at most
+  some images, which are rewritten bit for bit).
+* ``settings.json`` holds what the results depend on; a restart with other settings in the same
+  folder is refused instead of mixing two experiments.
+* Nothing that depends on the clock goes into the results, so a resumed run ends with exactly the
+  files an uninterrupted one writes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from ..errors import InputError
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    write_bytes_atomic(path, (json.dumps(obj, indent=1, sort_keys=False) + "\n").encode())
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    write_bytes_atomic(path, text.encode())
+
+
+def png_bytes(image) -> bytes:
+    """PNG bytes of a PIL image with no metadata, so equal pixels give equal files."""
+    import io
+
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+class ResultStore:
+    """The folder of one experiment: settings, per-unit records and images, merged results."""
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+        if self.root.exists() and not self.root.is_dir():
+            raise InputError("out", str(root), "exists and is not a folder")
+
+    @property
+    def units_dir(self) -> Path:
+        return self.root / "units"
+
+    def open(self, settings: dict[str, Any]) -> None:
+        """Start or resume: write ``settings.json``, or check that the folder holds the same experiment."""
+        path = self.root / "settings.json"
+        normalized = json.loads(json.dumps(settings))
+        if path.exists():
+            held = json.loads(path.read_text())
+            if held != normalized:
+                changed = sorted(k for k in set(held) | set(normalized) if held.get(k) != normalized.get(k))
+                raise InputError("out", str(self.root), f"holds another experiment (settings differ in {', '.join(changed)}); use a new folder")
+            return
+        self.root.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(path, normalized)
+
+    def done(self, unit: str) -> bool:
+        return (self.units_dir / f"{unit}.json").exists()
+
+    def record(self, unit: str) -> dict[str, Any]:
+        return json.loads((self.units_dir / f"{unit}.json").read_text())
+
+    def save_image(self, relative: str, image) -> str:
+        write_bytes_atomic(self.root / relative, png_bytes(image))
+        return relative
+
+    def load_image(self, relative: str):
+        from PIL import Image
+
+        with Image.open(self.root / relative) as im:
+            return im.convert("RGB")
+
+    def save_array(self, relative: str, array) -> str:
+        import io
+
+        import numpy as np
+
+        buffer = io.BytesIO()
+        np.save(buffer, array, allow_pickle=False)
+        write_bytes_atomic(self.root / relative, buffer.getvalue())
+        return relative
+
+    def commit(self, unit: str, record: dict[str, Any]) -> None:
+        """Mark ``unit`` finished: call only after everything it refers to is written."""
+        write_json_atomic(self.units_dir / f"{unit}.json", record)

@@ -1,0 +1,218 @@
+"""Sweeps: images equal generate(), evaluation counts, files and report, metrics, CLI, resuming after SIGKILL."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from negschedule import generate
+from negschedule.errors import InputError
+from negschedule.experiments import sweep
+from negschedule.experiments.commands import main, parse_steps
+from negschedule.experiments.metrics import ssim, summarize
+from negschedule.schedulers import set_scheduler
+
+T = 4
+PROMPT = "a red cat"
+NEG = "blue hat"
+
+
+def pixels(image):
+    return np.asarray(image.convert("RGB"))
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory, tiny_sd):
+    folder = tmp_path_factory.mktemp("tiny_model")
+    set_scheduler(tiny_sd, "ddim")
+    tiny_sd.save_pretrained(folder)
+    return folder
+
+
+def test_sweep_images_equal_generate_and_count_shared_evaluations(tiny_sd):
+    set_scheduler(tiny_sd, "dpmpp_2m")
+    result = sweep(tiny_sd, prompt=PROMPT, negative_prompt=NEG, starts=range(T), seeds=[0, 1], num_inference_steps=T)
+    for seed in (0, 1):
+        for start in (None, 0, 2, T - 1):
+            timing = {} if start is None else dict(negative_prompt=NEG, negative_start=start)
+            expected = generate(tiny_sd, prompt=PROMPT, num_inference_steps=T, generator=torch.Generator().manual_seed(seed), **timing).images[0]
+            assert np.array_equal(pixels(result.image(seed, start)), pixels(expected)), (seed, start)
+    # Per seed: T trunk steps + (T - k) steps for each start k, two evaluations each (CFG).
+    assert result.model_evaluations == 2 * 2 * (T + T * (T + 1) // 2)
+    assert result.independent_evaluations == 2 * 2 * T * (T + 1)
+
+
+def test_windows_and_several_prompts(tiny_sd):
+    set_scheduler(tiny_sd, "euler")
+    prompts = [PROMPT, "a green dog"]
+    result = sweep(tiny_sd, prompt=prompts, negative_prompt=NEG, windows=[(1, 3)], seeds=[5], num_inference_steps=T)
+    assert result.columns == ["none", "1-3"]
+    expected = generate(tiny_sd, prompt=prompts[1], negative_prompt=NEG, negative_start=1, negative_end=3,
+                        num_inference_steps=T, generator=torch.Generator().manual_seed(5)).images[0]
+    assert np.array_equal(pixels(result.image(5, (1, 3), prompt=1)), pixels(expected))
+
+
+def test_ssim_matches_scikit_image():
+    # Reference values from skimage.metrics.structural_similarity(a, b, gaussian_weights=True, sigma=1.5,
+    # use_sample_covariance=False, data_range=255, channel_axis=-1) on these arrays.
+    rng = np.random.default_rng(0)
+    expected = [0.9059638536972269, 0.9030016347531693]
+    for shape, value in zip([(32, 32, 3), (64, 48, 3)], expected):
+        a = rng.integers(0, 255, shape, dtype=np.uint8)
+        b = np.clip(a.astype(int) + rng.integers(-60, 60, shape), 0, 255).astype(np.uint8)
+        assert ssim(a, b) == pytest.approx(value, abs=1e-12)
+        assert ssim(a, a) == pytest.approx(1.0)
+
+
+def test_removal_and_reverse_activation_rates_with_a_stub_detector(tiny_sd, monkeypatch):
+    import negschedule.toyworld as toyworld
+
+    set_scheduler(tiny_sd, "ddim")
+    reference = sweep(tiny_sd, prompt=PROMPT, negative_prompt=NEG, starts=[0, 2], seeds=[0, 1, 2], num_inference_steps=T)
+    # A stub for the toy world's exact detector: "present" iff the image is one of those we choose.
+    chosen = {pixels(reference.image(0, None)).tobytes(), pixels(reference.image(1, 0)).tobytes()}
+    monkeypatch.setattr(toyworld, "present", lambda image, concept: pixels(image).tobytes() in chosen)
+    result = sweep(tiny_sd, prompt=PROMPT, negative_prompt=NEG, starts=[0, 2], seeds=[0, 1, 2], num_inference_steps=T,
+                   concept="red circle")
+    by_column = {row["column"]: row for row in result.summary()}
+    assert by_column["0"]["removal_rate"] == 1.0  # seed 0: present without the negative, gone with it
+    assert by_column["0"]["reverse_activation_rate"] == pytest.approx(1 / 2)  # seed 1 of seeds 1, 2
+    assert by_column["2"]["reverse_activation_rate"] == 0.0
+    assert by_column["none"]["ssim"] == 1.0
+
+
+def test_summary_denominators():
+    rows = [
+        {"column": "3", "ssim": 0.5, "present": False, "baseline_present": True, "removed": True, "reverse_activated": False, "objects_preserved": None},
+        {"column": "3", "ssim": 0.7, "present": True, "baseline_present": True, "removed": False, "reverse_activated": False, "objects_preserved": None},
+        {"column": "3", "ssim": 0.9, "present": True, "baseline_present": False, "removed": False, "reverse_activated": True, "objects_preserved": 1.0},
+    ]
+    (row,) = summarize(rows, ["3"])
+    assert row["removal_rate"] == 0.5 and row["reverse_activation_rate"] == 1.0 and row["ssim"] == pytest.approx(0.7)
+    assert row["objects_preserved"] == 1.0 and row["n"] == 3
+
+
+def test_writes_grid_tables_and_report(tiny_sd, tmp_path):
+    set_scheduler(tiny_sd, "ddim")
+    result = sweep(tiny_sd, prompt=PROMPT, negative_prompt=NEG, starts=range(T), seeds=[0, 1], num_inference_steps=T, out=tmp_path)
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert data["model_evaluations"] == result.model_evaluations
+    assert data["columns"] == ["none", "0", "1", "2", "3"]
+    assert len(data["images"]) == 2 * 5 and len(data["summary"]) == 5
+    assert len((tmp_path / "metrics.csv").read_text().splitlines()) == 1 + 10
+    page = (tmp_path / "report.html").read_text()
+    assert "grid.png" in page and "summary.png" in page and str(result.model_evaluations) in page and NEG in page
+    from PIL import Image
+
+    grid = Image.open(tmp_path / "grid.png")
+    assert grid.width > 5 * 128 and grid.height > 2 * 128
+    # The first column is the no-negative image, upscaled into its cell.
+    first = pixels(result.image(0, None))
+    assert np.array_equal(np.asarray(Image.open(tmp_path / data["images"][0]["image"]).convert("RGB")), first)
+
+
+def test_rerun_in_same_folder_with_other_settings_is_refused(tiny_sd, tmp_path):
+    set_scheduler(tiny_sd, "ddim")
+    sweep(tiny_sd, prompt=PROMPT, negative_prompt=NEG, starts=[1], seeds=[0], num_inference_steps=T, out=tmp_path)
+    again = sweep(tiny_sd, prompt=PROMPT, negative_prompt=NEG, starts=[1], seeds=[0], num_inference_steps=T, out=tmp_path)
+    assert again.computed_units == []
+    with pytest.raises(InputError) as err:
+        sweep(tiny_sd, prompt=PROMPT, negative_prompt="green", starts=[1], seeds=[0], num_inference_steps=T, out=tmp_path)
+    assert err.value.argument == "out"
+
+
+@pytest.mark.parametrize(
+    "kwargs, argument",
+    [
+        (dict(starts=[T + 1]), "starts"),
+        (dict(starts=[1, 1]), "starts"),
+        (dict(windows=[(3, 2)]), "windows"),
+        (dict(seeds=[]), "seeds"),
+        (dict(negative_prompt=""), "negative_prompt"),
+        (dict(num_inference_steps=0), "num_inference_steps"),
+        (dict(concept="red circle", detector="owl"), "detector"),
+        (dict(num_images_per_prompt=2), "num_images_per_prompt"),
+        (dict(not_an_argument=1), "not_an_argument"),
+    ],
+)
+def test_bad_input_names_the_argument(tiny_sd, kwargs, argument):
+    call = dict(prompt=PROMPT, negative_prompt=NEG, starts=[1], seeds=[0], num_inference_steps=T)
+    call.update(kwargs)
+    with pytest.raises(InputError) as err:
+        sweep(tiny_sd, **call)
+    assert err.value.argument == argument
+
+
+def test_parse_steps():
+    assert parse_steps("0:4", "starts") == [0, 1, 2, 3]
+    assert parse_steps("0:10:5,7", "starts") == [0, 5, 7]
+    for bad in ("a", "3:1", "1,1", "0:5:0", "-1"):
+        with pytest.raises(InputError):
+            parse_steps(bad, "starts", 20)
+
+
+def test_cli_sweep_writes_results_with_model_evaluations(tiny_model_dir, tmp_path, capsys):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red cat\n\n# a comment\na green dog\n")
+    out = tmp_path / "out"
+    code = main(["sweep", "--model", str(tiny_model_dir), "--prompts-file", str(prompts), "--negative-prompt", NEG,
+                 "--starts", f"0:{T}", "--window", "1", "3", "--seeds", "0,1", "--steps", str(T), "--out", str(out), "--no-progress"])
+    assert code == 0
+    data = json.loads((out / "results.json").read_text())
+    assert data["columns"] == ["none", "0", "1", "2", "3", "1-3"]
+    # Per unit: trunk T + starts sum(T - k) + the window's own steps: [1, 3) shares steps 1-2 with
+    # start 1 and has only step 3 of its own; CFG; 2 prompts x 2 seeds.
+    assert data["model_evaluations"] == 4 * 2 * (T + T * (T + 1) // 2 + 1)
+    assert (out / "report.html").exists() and (out / "grid.png").exists()
+
+
+def test_cli_bad_input_exits_2_before_loading(tmp_path, capsys):
+    code = main(["sweep", "--model", str(tmp_path / "missing"), "--prompt", PROMPT, "--negative-prompt", NEG,
+                 "--starts", "0:30", "--steps", "20", "--out", str(tmp_path / "o")])
+    assert code == 2
+    assert "starts" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_sigkilled_sweep_resumes_to_identical_results(tiny_model_dir, tmp_path):
+    steps, seeds = 8, "0:8"
+    out = tmp_path / "killed"
+    argv = ["sweep", "--model", str(tiny_model_dir), "--prompt", PROMPT, "--negative-prompt", NEG, "--starts", f"0:{steps}",
+            "--seeds", seeds, "--steps", str(steps), "--out", str(out), "--no-progress"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "negschedule.experiments.commands", *argv], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and len(list(out.glob("units/*.json"))) < 2:
+            time.sleep(0.01)
+        time.sleep(0.15)  # land somewhere inside a later unit, writes included
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    finished = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in (out / "units").glob("*.json")}
+    assert 2 <= len(finished) < 8, "the kill must land mid-sweep"
+    assert not (out / "results.json").exists()
+
+    assert main(argv) == 0  # the same command again
+    after = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in (out / "units").glob("*.json")}
+    assert all(after[name] == stamp for name, stamp in finished.items()), "a finished unit was recomputed"
+    assert len(after) == 8
+
+    fresh = tmp_path / "fresh"
+    assert main([*argv[:-3], "--out", str(fresh), "--no-progress"]) == 0
+    assert _files(out) == _files(fresh)
