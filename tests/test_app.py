@@ -78,7 +78,7 @@ def test_generate_is_the_library_generate_with_settings_in_the_png(ui, pipe):
 def test_generate_shows_every_step_with_the_active_negative(ui):
     _, per_step, _ = ui.generate(*core(negative_end=3), True)
     assert [caption for _, caption in per_step] == [
-        "after step 0: off", "after step 1: off", "after step 2: 'blue square'", "after step 3: off",
+        "0: off", "1: off", "2: 'blue square'", "3: off",
     ]
     assert all(img.size == (32, 32) for img, _ in per_step)
 

@@ -54,12 +54,28 @@ def artifacts(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def pipe():
+    """The tiny offline pipeline (fast); NEGSCHEDULE_UI_TEST_MODEL=default serves the embedded default (docs screenshots)."""
+    if os.environ.get("NEGSCHEDULE_UI_TEST_MODEL") == "default":
+        from negschedule import load_pipeline
+
+        return load_pipeline()
     from negschedule.tiny import build_tiny_sd
 
+    return build_tiny_sd(seed=0)
+
+
+@pytest.fixture(scope="module")
+def size(pipe) -> int:
+    """The model's own image width: what comes back to the browser, unscaled."""
+    return pipe.unet.config.sample_size * pipe.vae_scale_factor
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, pipe):
     outputs = tmp_path_factory.mktemp("outputs")
     config = ServeConfig(port=free_port(), outputs_dir=outputs)
-    demo = build_app(UI(config, default_pipe=build_tiny_sd(seed=0)))
+    demo = build_app(UI(config, default_pipe=pipe))
     launch(demo, config, block=False)
     yield f"http://127.0.0.1:{config.port}/", outputs
     demo.close()
@@ -83,6 +99,15 @@ def page(browser, server):
     page.close()
 
 
+def shown(size: int, min_tile: int) -> int:
+    """The width of one tile of a labelled row (images.upscale: whole-number nearest-neighbour factor)."""
+    from PIL import Image
+
+    from negschedule.images import upscale
+
+    return upscale(Image.new("RGB", (size, size)), min_tile).width
+
+
 def set_number(page, elem_id: str, value) -> None:
     """Type into a slider's number box and leave it, as a user does."""
     box = page.locator(f"#{elem_id} input[type=number]")
@@ -101,7 +126,7 @@ def loaded_images(page, selector: str, count: int) -> list[int]:
     return page.eval_on_selector_all(selector, "imgs => imgs.map(i => i.naturalWidth)")
 
 
-def test_generate_shows_the_image_its_steps_and_saves_it(page, server, artifacts):
+def test_generate_shows_the_image_its_steps_and_saves_it(page, server, artifacts, size):
     from PIL import Image
 
     set_number(page, "ns-steps", 8)
@@ -112,7 +137,7 @@ def test_generate_shows_the_image_its_steps_and_saves_it(page, server, artifacts
     page.locator("#ns-show-steps input").check()
     page.click("#ns-generate")
     page.wait_for_function("document.querySelector('#ns-status').innerText.includes(\"steps 2-7: 'blue square'\")")
-    assert loaded_images(page, "#ns-image img", 1) == [32]  # the model's own pixels, shown large
+    assert loaded_images(page, "#ns-image img", 1) == [size]  # the model's own pixels, shown large
     assert len(loaded_images(page, "#ns-steps-gallery img", 8)) >= 8
     page.screenshot(path=str(artifacts / "ui-generate.png"), full_page=True)
 
@@ -129,33 +154,34 @@ def test_generate_shows_the_image_its_steps_and_saves_it(page, server, artifacts
     assert sorted(p.name for p in server[1].iterdir()) == ["from-browser.png"]
 
 
-def test_compare_brings_back_three_images(page, artifacts):
+def test_compare_brings_back_three_images(page, artifacts, size):
     page.get_by_role("tab", name="compare").click()
     page.click("#ns-compare")
-    assert loaded_images(page, "#ns-compare-row img", 1) == [3 * 256]
+    assert loaded_images(page, "#ns-compare-row img", 1) == [3 * shown(size, 256)]
     assert len(loaded_images(page, "#ns-compare-gallery img", 3)) >= 3
     page.wait_for_function("document.querySelector('#ns-compare-status').innerText.includes('3 runs')")
     page.screenshot(path=str(artifacts / "ui-compare.png"), full_page=True)
 
 
-def test_sweep_brings_back_a_grid(page, artifacts):
+def test_sweep_brings_back_a_grid(page, artifacts, size):
     page.get_by_role("tab", name="sweep").click()
     page.fill("#ns-starts textarea, #ns-starts input", "0:20:5")
     page.fill("#ns-seeds textarea, #ns-seeds input", "0,1")
     page.click("#ns-sweep")
-    assert loaded_images(page, "#ns-grid img", 1) == [5 * 128]  # no negative + 4 starts
+    assert loaded_images(page, "#ns-grid img", 1) == [5 * shown(size, 128)]  # no negative + 4 starts
     page.wait_for_function("document.querySelector('#ns-sweep-status').innerText.includes('10 images')")
     page.screenshot(path=str(artifacts / "ui-sweep.png"), full_page=True)
 
 
-def test_errors_are_messages_in_a_page_that_keeps_working(page, artifacts):
+def test_errors_are_messages_in_a_page_that_keeps_working(page, artifacts, size):
     page.fill("#ns-negative textarea, #ns-negative input", "[blue square")
     page.click("#ns-generate")
-    page.get_by_text(re.compile(r"negative_prompt=")).first.wait_for()
-    page.screenshot(path=str(artifacts / "ui-error.png"), full_page=True)
+    page.get_by_text(re.compile(r"negative_prompt='\[blue square': unbalanced")).first.wait_for()
+    page.wait_for_timeout(400)  # the message slides in
+    page.screenshot(path=str(artifacts / "ui-error.png"))
     page.fill("#ns-negative textarea, #ns-negative input", "blue square")
     page.click("#ns-generate")
-    assert loaded_images(page, "#ns-image img", 1) == [32]
+    assert loaded_images(page, "#ns-image img", 1) == [size]
 
 
 def test_the_server_serves_no_file_it_did_not_make(page, server):

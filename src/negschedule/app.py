@@ -449,7 +449,7 @@ class UI:
             image, per_step = result if show_steps else (result, [])
             self._tag(pipe, s, image)
         keys = self._step_texts(s)
-        gallery = [(img, f"after step {i}: {keys[i]}") for i, img in enumerate(per_step)]
+        gallery = [(img, f"{i}: {keys[i]}") for i, img in enumerate(per_step)]
         status = f"{s.steps} steps in {time.perf_counter() - began:.1f} s. Negative: {plan}"
         return image, gallery, status
 
@@ -708,8 +708,8 @@ def build_app(ui: UI):
                 show_steps = gr.Checkbox(False, label="show the latents after every step", elem_id="ns-show-steps")
             status = gr.Markdown(elem_id="ns-status")
             with gr.Row():
-                image = gr.Image(label="image (download keeps the settings in the PNG)", type="pil", format="png", height=360, interactive=False, elem_id="ns-image", elem_classes="ns-pixelated")
-                per_step = gr.Gallery(label="step by step", columns=5, height=360, format="png", interactive=False, elem_id="ns-steps-gallery", elem_classes="ns-pixelated")
+                image = gr.Image(label="image (download keeps the settings in the PNG)", type="pil", format="png", height=360, interactive=False, buttons=["download", "fullscreen"], elem_id="ns-image", elem_classes="ns-pixelated")
+                per_step = gr.Gallery(label="step by step", columns=5, height=360, format="png", interactive=False, buttons=["download", "fullscreen"], elem_id="ns-steps-gallery", elem_classes="ns-pixelated")
             with gr.Row():
                 file_name = gr.Textbox(label="save as (a file name in --outputs-dir)", placeholder="pizza.png", interactive=ui.config.outputs_dir is not None, elem_id="ns-file-name")
                 save = gr.Button("Save", size="sm", scale=0, interactive=ui.config.outputs_dir is not None, elem_id="ns-save")
@@ -720,8 +720,8 @@ def build_app(ui: UI):
             gr.Markdown("No negative | the negative from step 0 | the negative from step k (the slider above).")
             go_compare = gr.Button("Compare", variant="primary", elem_id="ns-compare")
             compare_status = gr.Markdown(elem_id="ns-compare-status")
-            compare_row = gr.Image(label="comparison", type="pil", format="png", interactive=False, elem_id="ns-compare-row")
-            compare_images = gr.Gallery(label="the three images", columns=3, height=300, format="png", interactive=False, elem_id="ns-compare-gallery", elem_classes="ns-pixelated")
+            compare_row = gr.Image(label="comparison", type="pil", format="png", interactive=False, buttons=["download", "fullscreen"], elem_id="ns-compare-row")
+            compare_images = gr.Gallery(label="the three images", columns=3, height=300, format="png", interactive=False, buttons=["download", "fullscreen"], elem_id="ns-compare-gallery", elem_classes="ns-pixelated")
             go_compare.click(_page_errors(ui.compare, len(core)), core, [compare_row, compare_images, compare_status], concurrency_id="model")
 
         with gr.Tab("sweep", id="sweep"):
@@ -731,14 +731,14 @@ def build_app(ui: UI):
                 seeds = gr.Textbox(value="0,1", label="seeds", elem_id="ns-seeds")
             go_sweep = gr.Button("Sweep", variant="primary", elem_id="ns-sweep")
             sweep_status = gr.Markdown(elem_id="ns-sweep-status")
-            grid = gr.Image(label="sweep grid", type="pil", format="png", interactive=False, elem_id="ns-grid")
+            grid = gr.Image(label="sweep grid", type="pil", format="png", interactive=False, buttons=["download", "fullscreen"], elem_id="ns-grid")
             go_sweep.click(_page_errors(ui.sweep, len(core) + 2, track_tqdm=True), core + [starts, seeds], [grid, sweep_status], concurrency_id="model")
 
         with gr.Tab("attention heatmaps", id="heatmaps"):
             tokens = gr.Textbox(value="blue, square", label="tokens (comma-separated words of either prompt)", elem_id="ns-tokens")
             go_heat = gr.Button("Heatmaps", variant="primary", elem_id="ns-heatmaps")
             heat_status = gr.Markdown(_missing("attention_heatmaps") if experiment("attention_heatmaps") is None else "", elem_id="ns-heat-status")
-            heat = gr.Image(label="per-step cross-attention", type="pil", format="png", interactive=False, elem_id="ns-heat")
+            heat = gr.Image(label="per-step cross-attention", type="pil", format="png", interactive=False, buttons=["download", "fullscreen"], elem_id="ns-heat")
             go_heat.click(_page_errors(ui.heatmaps, len(core) + 1, track_tqdm=True), core + [tokens], [heat, heat_status], concurrency_id="model")
 
         with gr.Tab("removal curve", id="curve"):
@@ -747,7 +747,7 @@ def build_app(ui: UI):
                 curve_seeds = gr.Textbox(value="0,1,2", label="seeds", elem_id="ns-curve-seeds")
             go_curve = gr.Button("Removal curve", variant="primary", elem_id="ns-curve")
             curve_status = gr.Markdown(_missing("removal_curve") if experiment("removal_curve") is None else "", elem_id="ns-curve-status")
-            curve = gr.Image(label="steps of negative needed, per start step", type="pil", format="png", interactive=False, elem_id="ns-curve-plot")
+            curve = gr.Image(label="steps of negative needed, per start step", type="pil", format="png", interactive=False, buttons=["download", "fullscreen"], elem_id="ns-curve-plot")
             go_curve.click(_page_errors(ui.removal_curve, len(core) + 2, track_tqdm=True), core + [concept, curve_seeds], [curve, curve_status], concurrency_id="model")
     demo.queue(default_concurrency_limit=1)
     return demo
