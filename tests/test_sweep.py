@@ -216,3 +216,28 @@ def test_sigkilled_sweep_resumes_to_identical_results(tiny_model_dir, tmp_path):
     fresh = tmp_path / "fresh"
     assert main([*argv[:-3], "--out", str(fresh), "--no-progress"]) == 0
     assert _files(out) == _files(fresh)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_accelerate_launch_two_processes_merge_to_the_single_process_result(tiny_model_dir, tmp_path):
+    sweep_args = ["sweep", "--model", str(tiny_model_dir), "--prompt", PROMPT, "--prompt", "a green dog",
+                  "--negative-prompt", NEG, "--starts", f"0:{T}", "--seeds", "0:3", "--steps", str(T), "--no-progress"]
+    shared = tmp_path / "two"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    # Without GPUs, accelerate's --multi_gpu launcher (torchrun) starts N CPU processes (gloo).
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+              "--main_process_port", str(_free_port()), "-m", "negschedule.experiments.commands"]
+    done = subprocess.run([*launch, *sweep_args, "--out", str(shared)], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "3 sampled now" in done.stdout  # process 0 sampled its half of the 6 units
+    single = tmp_path / "one"
+    assert main([*sweep_args, "--out", str(single)]) == 0
+    assert _files(shared) == _files(single)

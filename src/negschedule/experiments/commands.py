@@ -129,6 +129,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if out.exists() and not out.is_dir():
         raise InputError("out", str(out), "exists and is not a folder")
     pipe = load_model(args)
+    state = _shard()[2]
+    if state is not None and state.device.type != "cpu":
+        pipe.to(state.device)  # one accelerator per process
     context = {"model": args.model, "model_config": args.config}
     result = run_sweep(pipe, config, out=out, progress=not args.no_progress, clip=clip_detector_parts(args), context=context)
     if _shard()[0] == 0:

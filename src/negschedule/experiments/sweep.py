@@ -158,12 +158,18 @@ def settings_of(config: SweepConfig) -> dict[str, Any]:
 
 
 def _shard() -> tuple[int, int, Any]:
-    """(process index, process count, accelerate state or None): ``accelerate launch`` sets WORLD_SIZE."""
+    """(process index, process count, accelerate state or None): ``accelerate launch`` sets WORLD_SIZE.
+
+    On machines without GPUs, launch with ``accelerate launch --multi_gpu --num_processes N``
+    (torchrun underneath; ``--cpu`` alone starts a single process).
+    """
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return 0, 1, None
+    import torch
     from accelerate import PartialState
 
-    state = PartialState()
+    # Without accelerators accelerate only forms a (gloo) process group when told it runs on CPUs.
+    state = PartialState(cpu=not torch.cuda.is_available())
     return state.process_index, state.num_processes, state
 
 
