@@ -188,3 +188,24 @@ def test_the_server_serves_no_file_it_did_not_make(page, server):
     for path in ("gradio_api/file=/etc/passwd", "gradio_api/file=../../../../etc/passwd", "file=/etc/passwd"):
         response = page.request.get(server[0] + path)
         assert response.status != 200 or "root:" not in response.text(), path
+
+
+def call_api(page, base: str, endpoint: str, data: list) -> str:
+    """Call an event handler through Gradio's HTTP API, as a script would, bypassing the page; the event stream."""
+    posted = page.request.post(f"{base}gradio_api/call/{endpoint}", data={"data": data})
+    assert posted.status == 200, posted.text()
+    return page.request.get(f"{base}gradio_api/call/{endpoint}/{posted.json()['event_id']}").text()
+
+
+def test_the_api_behind_the_page_refuses_paths_too(page, server):
+    core = ["a red circle", "blue square", 2, 4, False, 4, 7.5, 1]
+    for model in ("../../etc", "/etc", "/tmp"):
+        events = call_api(page, server[0], "generate_and_keep", [model, "model's own", *core, False])
+        assert "event: error" in events and "event: complete" not in events, model
+    events = call_api(page, server[0], "generate_and_keep", ["embedded default", "model's own", *core, False])
+    assert "event: complete" in events
+    for name in ("../escaped.png", "/tmp/escaped.png"):
+        events = call_api(page, server[0], "save", [name])
+        assert "event: error" in events and "file_name=" in events, name
+    assert not any(p.name == "escaped.png" for p in server[1].parent.rglob("escaped.png"))
+    assert not Path("/tmp/escaped.png").exists()

@@ -286,7 +286,8 @@ def experiment(name: str):
     """``negschedule.experiments.<name>`` if that package provides it yet, else None."""
     try:
         module = importlib.import_module("negschedule.experiments")
-    except ImportError:
+    except Exception:  # absent, or half-written: the other tabs must still work
+        log.warning("negschedule.experiments cannot be imported", exc_info=True)
         return None
     return getattr(module, name, None)
 
@@ -713,8 +714,15 @@ def build_app(ui: UI):
             with gr.Row():
                 file_name = gr.Textbox(label="save as (a file name in --outputs-dir)", placeholder="pizza.png", interactive=ui.config.outputs_dir is not None, elem_id="ns-file-name")
                 save = gr.Button("Save", size="sm", scale=0, interactive=ui.config.outputs_dir is not None, elem_id="ns-save")
-            go.click(_page_errors(ui.generate, len(core) + 1), core + [show_steps], [image, per_step, status], concurrency_id="model")
-            save.click(_page_errors(ui.save, 2), [image, file_name], status, concurrency_id="model")
+            # Save takes the image from this session's server-side state, never a file the page names.
+            last_image = gr.State(None)
+
+            def generate_and_keep(*inputs, progress):
+                shown, steps_shown, said = ui.generate(*inputs, progress=progress)
+                return shown, steps_shown, said, shown
+
+            go.click(_page_errors(generate_and_keep, len(core) + 1), core + [show_steps], [image, per_step, status, last_image], concurrency_id="model")
+            save.click(_page_errors(ui.save, 2), [last_image, file_name], status, concurrency_id="model")
 
         with gr.Tab("compare", id="compare"):
             gr.Markdown("No negative | the negative from step 0 | the negative from step k (the slider above).")
