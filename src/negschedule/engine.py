@@ -352,6 +352,10 @@ class Engine:
         )
         return _State(latents, scheduler, generator)
 
+    def clear_cache(self) -> None:
+        """Forget every cached prefix state (see ``EngineConfig.cache_prefixes``)."""
+        self._cache.clear()
+
     def _cache_put(self, prefix: tuple, state: _State) -> None:
         if prefix in self._cache:
             self._cache.move_to_end(prefix)

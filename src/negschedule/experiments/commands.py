@@ -1,7 +1,8 @@
-"""The experiment verbs of the ``negschedule`` command line: ``sweep``.
+"""The experiment verbs of the ``negschedule`` command line: ``sweep``, ``removal-curve``.
 
 ``register(subparsers)`` adds the verbs to the main parser (``cli.py``); ``main(argv)`` runs them
-on their own. Flags mirror :class:`~negschedule.experiments.sweep.SweepConfig` field for field.
+on their own. Flags mirror :class:`~negschedule.experiments.sweep.SweepConfig` and
+:class:`~negschedule.experiments.removal.RemovalConfig` field for field.
 Bad input prints one line naming the argument and exits with code 2 before any model is loaded.
 """
 
@@ -141,11 +142,56 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_removal_curve(args: argparse.Namespace) -> int:
+    from .removal import RemovalConfig, run_removal_curve
+    from .report import write_removal_curve
+
+    if args.steps <= 0:
+        raise InputError("steps", args.steps, "must be a positive integer")
+    pipeline = {k: v for k, v in (("height", args.height), ("width", args.width)) if v is not None}
+    config = RemovalConfig(
+        prompt=args.prompt,
+        negative_prompt=args.negative_prompt,
+        concept=args.concept,
+        seeds=tuple(parse_steps(args.seeds, "seeds")),
+        starts=tuple(parse_steps(args.starts, "starts", args.steps - 1)) if args.starts else (),
+        num_inference_steps=args.steps,
+        guidance_scale=args.guidance_scale,
+        detector=args.detector,
+        verify=args.verify,
+        pipeline=pipeline,
+    )
+    config.validate()
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise InputError("out", str(out), "exists and is not a folder")
+    clip = clip_detector_parts(args)
+    pipe = load_model(args)
+    curve = run_removal_curve(pipe, config, out=out, clip=clip, context={"model": args.model, "model_config": args.config})
+    write_removal_curve(curve, out)
+    data = curve.to_json()
+    print(f"{out / 'report.html'}: critical step {data['critical_step']}; {curve.runs_sampled} runs "
+          f"({curve.exhaustive_runs} exhaustive), {curve.model_evaluations} model evaluations ({curve.exhaustive_evaluations} exhaustive)")
+    return 0
+
+
 def register(subparsers) -> None:
     """Add the experiment verbs to the ``negschedule`` parser's subparsers."""
     sweep = subparsers.add_parser("sweep", help="critical-step sweep: the negative starting at every step, every seed")
     add_sweep_flags(sweep)
     sweep.set_defaults(func=cmd_sweep)
+    curve = subparsers.add_parser("removal-curve", help="fewest steps of negative that remove a concept, per start step")
+    curve.add_argument("--prompt", required=True)
+    curve.add_argument("--negative-prompt", required=True)
+    curve.add_argument("--concept", required=True, help="what the detector looks for, e.g. 'red circle'")
+    curve.add_argument("--seeds", default="0", help="0,1,2 or 0:8")
+    curve.add_argument("--starts", default=None, help="start steps to measure (default every step)")
+    curve.add_argument("--detector", default="toy", choices=["toy", "clip"])
+    curve.add_argument("--clip-model", default=None, help="a local CLIPModel folder (with its tokenizer) for --detector clip")
+    curve.add_argument("--verify", action="store_true", help="also run every window and check monotonicity")
+    curve.add_argument("--out", required=True)
+    add_model_flags(curve)
+    curve.set_defaults(func=cmd_removal_curve)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -179,3 +179,65 @@ def _cell(result, p: int, seed: int, label: str):
     record = result.records[result.config.units().index((p, seed))]
     cell = next(c for c in record["cells"] if c["column"] == label)
     return result.store.load_image(cell["image"])
+
+
+def removal_plot(curve) -> bytes:
+    """L(s) per seed (thin) and their mean (thick), the mean's minimum - the critical step - marked."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    T = curve.config.num_inference_steps
+    starts = curve.config.all_starts()
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    for record in curve.records:
+        xs = [s for s in starts if record["lengths"][str(s)] is not None]
+        ax.plot(xs, [record["lengths"][str(s)] for s in xs], "-", alpha=0.35, lw=1, label=f"seed {record['seed']}")
+    mean = curve.mean_lengths()
+    xs = [s for s in starts if mean[s] is not None]
+    if xs:
+        ax.plot(xs, [mean[s] for s in xs], "o-", color="black", lw=2, label="mean")
+        best = min(xs, key=lambda s: (mean[s], s))
+        ax.plot([best], [mean[best]], marker="*", color="red", markersize=16, linestyle="none",
+                label=f"minimum: critical step {best}")
+    ax.set_xlabel("negative starts at step s")
+    ax.set_ylabel("fewest steps L that remove it")
+    ax.set_xlim(-0.5, T - 0.5)
+    ax.set_ylim(0, T + 0.5)
+    ax.grid(alpha=0.3)
+    if len(curve.records) <= 8 or xs:
+        ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    return _figure_png(fig)
+
+
+def write_removal_curve(curve, out: Path) -> None:
+    """Write curve.json (with model evaluations and the exhaustive counts), curve.csv, curve.png, report.html."""
+    out = Path(out)
+    data = curve.to_json()
+    write_json_atomic(out / "curve.json", data)
+    rows = [{"seed": r["seed"], "start": int(s), "length": v, "baseline_present": r["baseline_present"]}
+            for r in curve.records for s, v in r["lengths"].items()]
+    write_table(out / "curve.csv", rows)
+    write_bytes_atomic(out / "curve.png", removal_plot(curve))
+    cost = html_table([{
+        "runs sampled": data["runs_sampled"],
+        "exhaustive runs": data["exhaustive_runs"],
+        "model evaluations": data["model_evaluations"],
+        "exhaustive evaluations": data["exhaustive_evaluations"],
+        "ratio": data["model_evaluations"] / data["exhaustive_evaluations"] if data["exhaustive_evaluations"] else None,
+    }])
+    table = [{"start": s, "mean L": v, **{f"seed {r['seed']}": r["lengths"][str(s)] for r in curve.records}}
+             for s, v in curve.mean_lengths().items()]
+    page = html_page(
+        f"Removal curve: '{curve.config.concept}' by negative '{curve.config.negative_prompt}'",
+        [
+            ("Curve", f"<p>Critical step (minimum of the mean): {data['critical_step']}</p><img src='curve.png'>"),
+            ("Cost", cost + "<p>Binary search over L per start (removal assumed monotone in L), all starts in "
+                     "parallel rounds, every sampled prefix reused.</p>"),
+            ("L(s)", html_table(table)),
+            ("Settings", settings_table(data["settings"])),
+        ],
+    )
+    write_text_atomic(out / "report.html", page)
