@@ -1,4 +1,4 @@
-"""The experiment verbs of the ``negschedule`` command line: ``sweep``, ``removal-curve``.
+"""The experiment verbs of the ``negschedule`` command line: ``sweep``, ``removal-curve``, ``attention``.
 
 ``register(subparsers)`` adds the verbs to the main parser (``cli.py``); ``main(argv)`` runs them
 on their own. Flags mirror :class:`~negschedule.experiments.sweep.SweepConfig` and
@@ -175,6 +175,31 @@ def cmd_removal_curve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_attention(args: argparse.Namespace) -> int:
+    from ..attention import attention_maps
+    from ..schedule import parse_step_value
+
+    words = [w.strip() for w in (args.tokens or "").split(",") if w.strip()]
+    negative_words = [w.strip() for w in (args.negative_tokens or "").split(",") if w.strip()]
+    start = parse_step_value(args.negative_start, "negative_start") if args.negative_start is not None else None
+    end = parse_step_value(args.negative_end, "negative_end") if args.negative_end is not None else None
+    if not words and not negative_words:
+        raise InputError("tokens", args.tokens, "name at least one word (--tokens or --negative-tokens)")
+    if args.steps <= 0:
+        raise InputError("steps", args.steps, "must be a positive integer")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise InputError("out", str(out), "exists and is not a folder")
+    pipe = load_model(args)
+    pipeline = {k: v for k, v in (("height", args.height), ("width", args.width)) if v is not None}
+    maps = attention_maps(pipe, prompt=args.prompt, tokens=words, negative_prompt=args.negative_prompt,
+                          negative_tokens=negative_words, negative_start=start, negative_end=end, seed=args.seed,
+                          num_inference_steps=args.steps, guidance_scale=args.guidance_scale, **pipeline)
+    for path in maps.save(out):
+        print(path)
+    return 0
+
+
 def register(subparsers) -> None:
     """Add the experiment verbs to the ``negschedule`` parser's subparsers."""
     sweep = subparsers.add_parser("sweep", help="critical-step sweep: the negative starting at every step, every seed")
@@ -192,6 +217,17 @@ def register(subparsers) -> None:
     curve.add_argument("--out", required=True)
     add_model_flags(curve)
     curve.set_defaults(func=cmd_removal_curve)
+    att = subparsers.add_parser("attention", help="per-step cross-attention heatmaps of prompt and negative-prompt words")
+    att.add_argument("--prompt", required=True)
+    att.add_argument("--tokens", default=None, help="comma-separated words of the prompt")
+    att.add_argument("--negative-prompt", default=None)
+    att.add_argument("--negative-tokens", default=None, help="comma-separated words of the negative prompt")
+    att.add_argument("--negative-start", default=None, help="step (5) or fraction (0.2)")
+    att.add_argument("--negative-end", default=None)
+    att.add_argument("--seed", type=int, default=0)
+    att.add_argument("--out", required=True)
+    add_model_flags(att)
+    att.set_defaults(func=cmd_attention)
 
 
 def build_parser() -> argparse.ArgumentParser:
