@@ -93,7 +93,8 @@ def test_scheduler_menu_builds_from_the_model_own_config(ui, pipe):
 
 
 def test_compare_is_no_negative_then_step_zero_then_step_k(ui, pipe):
-    row, images, status = ui.compare(*core())
+    row, images, steps, status = ui.compare(*core(), False)
+    assert steps is None
     assert [label for _, label in images] == ["no negative", "negative from step 0", "negative from step 2"]
     expected = [
         library_image(pipe),
@@ -104,6 +105,17 @@ def test_compare_is_no_negative_then_step_zero_then_step_k(ui, pipe):
         assert np.array_equal(np.asarray(img), want)
     assert row.width == 3 * 256  # labelled_row: 32x32 tiles shown at 256
     assert "3 runs" in status
+
+
+def test_compare_shows_every_step_of_the_three_runs(ui):
+    row, images, steps, _ = ui.compare(*core(), True)
+    assert steps.size == (4 * 64, 3 * (22 + 22 + 64))  # 3 runs x 4 steps, each run titled, each tile labelled
+    # The runs share their first k=2 steps: the no-negative row and the step-k row agree there, not after.
+    grid = np.asarray(steps)
+    tile = lambda run, step: grid[run * 108 + 44 : run * 108 + 108, step * 64 : (step + 1) * 64]
+    assert np.array_equal(tile(0, 0), tile(2, 0)) and np.array_equal(tile(0, 1), tile(2, 1))
+    assert not np.array_equal(tile(0, 3), tile(2, 3))
+    assert not np.array_equal(tile(0, 0), tile(1, 0))  # from step 0 the negative acts at once
 
 
 def test_sweep_by_the_library_equals_the_generate_loop(ui, monkeypatch):
@@ -164,7 +176,7 @@ def test_bad_input_is_refused_with_its_name(ui, changes, argument):
 
 def test_compare_and_sweep_need_a_negative(ui):
     with pytest.raises(InputError, match="negative_prompt"):
-        ui.compare(*core(negative_prompt=""))
+        ui.compare(*core(negative_prompt=""), False)
     with pytest.raises(InputError, match="negative_prompt"):
         ui.sweep(*core(negative_prompt=""), "0:2", "0")
 

@@ -156,9 +156,11 @@ def test_generate_shows_the_image_its_steps_and_saves_it(page, server, artifacts
 
 def test_compare_brings_back_three_images(page, artifacts, size):
     page.get_by_role("tab", name="compare").click()
+    page.locator("#ns-compare-show-steps input").check()
     page.click("#ns-compare")
     assert loaded_images(page, "#ns-compare-row img", 1) == [3 * shown(size, 256)]
     assert len(loaded_images(page, "#ns-compare-gallery img", 3)) >= 3
+    assert loaded_images(page, "#ns-compare-steps img", 1) == [20 * shown(size, 64)]  # a column per step
     page.wait_for_function("document.querySelector('#ns-compare-status').innerText.includes('3 runs')")
     page.screenshot(path=str(artifacts / "ui-compare.png"), full_page=True)
 

@@ -29,7 +29,7 @@ import logging
 import re
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -311,6 +311,18 @@ def _as_image(value: Any):
     return value
 
 
+def _titled(image, title: str):
+    """``image`` under a bar with ``title``."""
+    from PIL import Image, ImageDraw
+
+    from .images import LABEL_HEIGHT
+
+    out = Image.new("RGB", (image.width, image.height + LABEL_HEIGHT), (235, 235, 235))
+    ImageDraw.Draw(out).text((4, 4), title, fill="black")
+    out.paste(image.convert("RGB"), (0, LABEL_HEIGHT))
+    return out
+
+
 def _stack(rows: Sequence[Any]):
     """Images one under another, on white, left-aligned."""
     from PIL import Image
@@ -463,25 +475,40 @@ class UI:
         return ["off" if key[0] is None else repr(key[0]) for key in keys]
 
     def compare(self, *inputs: Any, progress: Progress = _no_progress):
-        """(labelled row, the three images, status): no negative | negative from step 0 | from step k."""
+        """(labelled row, the three images, step grid or None, status): no negative | from step 0 | from step k.
+
+        ``inputs``: the core options, then whether to show every step: a grid with a row per run
+        and a column per step (the latents decoded after it), where the runs part can be seen.
+        """
         from .images import labelled_row
 
-        s = page_settings(*inputs)
+        *core, show_steps = inputs
+        s = page_settings(*core)
         if s.negative_prompt is None:
             raise InputError("negative_prompt", None, "the comparison needs a negative prompt")
         k = s.negative_start
         labels = ["no negative", "negative from step 0", f"negative from step {k}"]
         timings = [dict(negative_prompt=None), dict(negative_start=0), {}]
-        images = []
+        images, strips = [], []
         with self._lock:
             pipe = self._pipeline(s.model, s.scheduler)
             began = time.perf_counter()
             for n, (label, timing) in enumerate(zip(labels, timings)):
-                image = self._image(pipe, s, progress, f"{n + 1}/3: {label}", **timing)
+                result = self._image(pipe, s, progress, f"{n + 1}/3: {label}", record_steps=bool(show_steps), **timing)
+                image, per_step = result if show_steps else (result, [])
                 images.append(self._tag(pipe, s, image, Comparison=label))
+                strips.append(per_step)
         row = labelled_row(images, labels)
+        grid = None
+        if show_steps:
+            rows = []
+            for label, timing, per_step in zip(labels, timings, strips):
+                active = self._step_texts(replace(s, **timing))
+                tiles = [f"{i}{' neg' if a not in ('off', 'no negative') else ''}" for i, a in enumerate(active)]
+                rows.append(_titled(labelled_row(per_step, tiles, min_tile=64), label))
+            grid = _stack(rows)
         status = f"3 runs of {s.steps} steps in {time.perf_counter() - began:.1f} s. Third run: {step_plan(s)}"
-        return row, list(zip(images, labels)), status
+        return row, list(zip(images, labels)), grid, status
 
     def sweep(self, *inputs: Any, progress: Progress = _no_progress):
         """(grid, status): rows are seeds, columns the no-negative image then one per start step."""
@@ -515,8 +542,6 @@ class UI:
 
     def _generate_sweep(self, pipe, s: PageSettings, starts, seeds, progress: Progress) -> dict[int, list]:
         """The sweep by looping ``generate()`` until ``negschedule.experiments.sweep`` exists."""
-        from dataclasses import replace
-
         cells: dict[int, list] = {}
         total = len(seeds) * (len(starts) + 1)
         done = 0
@@ -533,8 +558,6 @@ class UI:
 
     def _library_sweep(self, sweep, pipe, s: PageSettings, starts, seeds, progress: Progress):
         """The sweep through ``negschedule.experiments.sweep`` (prefix-sharing engine)."""
-        from dataclasses import replace
-
         progress(0.0, desc=f"sweep: {len(seeds)} seeds x {len(starts)} starts")
         result = sweep(
             pipe,
@@ -701,7 +724,10 @@ def build_app(ui: UI):
             return gr.update(maximum=n, value=min(int(k or 0), n)), gr.update(maximum=n, value=n)
 
         steps.change(follow_steps, [steps, start], [start, end], queue=False)
-        refresh.click(lambda: gr.update(choices=ui.model_choices()), None, model, queue=False)
+        def refresh_models():
+            return gr.update(choices=ui.model_choices())
+
+        refresh.click(refresh_models, None, model, queue=False)
 
         with gr.Tab("generate", id="generate"):
             with gr.Row():
@@ -726,11 +752,14 @@ def build_app(ui: UI):
 
         with gr.Tab("compare", id="compare"):
             gr.Markdown("No negative | the negative from step 0 | the negative from step k (the slider above).")
-            go_compare = gr.Button("Compare", variant="primary", elem_id="ns-compare")
+            with gr.Row():
+                go_compare = gr.Button("Compare", variant="primary", elem_id="ns-compare")
+                compare_steps = gr.Checkbox(False, label="show every step: a row per run, a column per step ('neg': the negative acts)", elem_id="ns-compare-show-steps")
             compare_status = gr.Markdown(elem_id="ns-compare-status")
             compare_row = gr.Image(label="comparison", type="pil", format="png", interactive=False, buttons=["download", "fullscreen"], elem_id="ns-compare-row")
             compare_images = gr.Gallery(label="the three images", columns=3, height=300, format="png", interactive=False, buttons=["download", "fullscreen"], elem_id="ns-compare-gallery", elem_classes="ns-pixelated")
-            go_compare.click(_page_errors(ui.compare, len(core)), core, [compare_row, compare_images, compare_status], concurrency_id="model")
+            compare_grid = gr.Image(label="step by step", show_label=False, type="pil", format="png", interactive=False, buttons=["download", "fullscreen"], elem_id="ns-compare-steps")
+            go_compare.click(_page_errors(ui.compare, len(core) + 1), core + [compare_steps], [compare_row, compare_images, compare_grid, compare_status], concurrency_id="model")
 
         with gr.Tab("sweep", id="sweep"):
             gr.Markdown("Rows: seeds. Columns: no negative, then the negative starting at each step.")
