@@ -175,6 +175,25 @@ def test_sweep_brings_back_a_grid(page, artifacts, size):
     page.screenshot(path=str(artifacts / "ui-sweep.png"), full_page=True)
 
 
+def test_heatmaps_and_removal_curve_bring_back_images(page, artifacts):
+    from negschedule.app import experiment
+
+    if experiment("attention_maps") is None or experiment("removal_curve") is None:
+        pytest.skip("the experiments library is not installed")
+    page.get_by_role("tab", name="attention heatmaps").click()
+    page.click("#ns-heatmaps")
+    assert len(loaded_images(page, "#ns-heat img", 1)) == 1
+    page.wait_for_function("document.querySelector('#ns-heat-status').innerText.includes('+circle, +square, -square')")
+    page.screenshot(path=str(artifacts / "ui-heatmaps.png"), full_page=True)
+
+    page.get_by_role("tab", name="removal curve").click()
+    page.fill("#ns-curve-seeds textarea, #ns-curve-seeds input", "0")
+    page.click("#ns-curve")
+    assert len(loaded_images(page, "#ns-curve-plot img", 1)) == 1
+    page.wait_for_function("document.querySelector('#ns-curve-status').innerText.includes('Critical step')")
+    page.screenshot(path=str(artifacts / "ui-curve.png"), full_page=True)
+
+
 def test_errors_are_messages_in_a_page_that_keeps_working(page, artifacts, size):
     page.fill("#ns-negative textarea, #ns-negative input", "[blue square")
     page.click("#ns-generate")

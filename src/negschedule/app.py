@@ -2,10 +2,11 @@
 
 This module owns the Gradio app: a *generate* tab (a start-step slider and the core options, with
 the per-step plan of which negative text is active and, on request, the latents decoded after
-every step), the three-way *comparison* (no negative | from step 0 | from step k), the *sweep* grid
-(rows: seeds, columns: the step the negative starts), and the *attention heatmap* and *removal
-curve* tabs, which call ``negschedule.experiments`` when it provides them and say so when it does
-not. The page only calls the library; it computes nothing of its own.
+every step), the three-way *comparison* (no negative | from step 0 | from step k, optionally every
+step of the three runs), the *sweep* grid (rows: seeds, columns: the step the negative starts), the
+*attention heatmaps* and the *removal curve*. The experiment tabs call ``negschedule.experiments``
+and ``negschedule.attention`` (:data:`LIBRARY`) and say so in the page if an installation lacks
+them. The page only calls the library; it computes nothing of its own.
 
 What reaches the file system from the page is checked here, in :func:`child_path`: a model is the
 embedded default or a folder *directly* under the ``--models-dir`` the server was started with, a
@@ -282,33 +283,25 @@ def parse_seeds(text: Any) -> list[int]:
     return list(dict.fromkeys(values))
 
 
+# What the experiment tabs call, by (module, name): the library that draws them, imported when used.
+LIBRARY = {
+    "sweep": ("negschedule.experiments", "sweep"),
+    "attention_maps": ("negschedule.attention", "attention_maps"),
+    "render_strip": ("negschedule.attention", "render_strip"),
+    "removal_curve": ("negschedule.experiments.removal", "removal_curve"),
+    "removal_plot": ("negschedule.experiments.report", "removal_plot"),
+}
+
+
 def experiment(name: str):
-    """``negschedule.experiments.<name>`` if that package provides it yet, else None."""
+    """The library function ``name`` of :data:`LIBRARY` if this installation has it, else None."""
+    module_name, attribute = LIBRARY[name]
     try:
-        module = importlib.import_module("negschedule.experiments")
+        module = importlib.import_module(module_name)
     except Exception:  # absent, or half-written: the other tabs must still work
-        log.warning("negschedule.experiments cannot be imported", exc_info=True)
+        log.warning("%s cannot be imported", module_name, exc_info=True)
         return None
-    return getattr(module, name, None)
-
-
-def _as_image(value: Any):
-    """A PIL image from what an experiment returns: an image, something with ``render()``/``plot()``, a figure."""
-    from PIL import Image
-
-    for method in ("render", "plot"):
-        if not isinstance(value, Image.Image) and hasattr(value, method):
-            value = getattr(value, method)()
-    if hasattr(value, "savefig"):  # a matplotlib figure
-        buffer = io.BytesIO()
-        value.savefig(buffer, format="png", bbox_inches="tight")
-        buffer.seek(0)
-        value = Image.open(buffer).convert("RGB")
-    if isinstance(value, (list, tuple)) and value and all(isinstance(v, Image.Image) for v in value):
-        value = _stack(list(value))
-    if not isinstance(value, Image.Image):
-        raise TypeError(f"expected an image, got {type(value).__name__}")
-    return value
+    return getattr(module, attribute, None)
 
 
 def _titled(image, title: str):
@@ -583,48 +576,69 @@ class UI:
     # experiments that exist once negschedule.experiments provides them
 
     def heatmaps(self, *inputs: Any, progress: Progress = _no_progress):
-        """(image or None, status): cross-attention heatmaps of chosen tokens, per step."""
-        *core, tokens_text = inputs
-        s = page_settings(*core)
-        tokens = [t.strip() for t in (tokens_text or "").split(",") if t.strip()]
-        if not tokens:
-            raise InputError("tokens", tokens_text, "name at least one word of the prompt or the negative prompt")
-        fn = experiment("attention_heatmaps")
-        if fn is None:
-            return None, _missing("attention_heatmaps")
-        import torch
+        """(strips or None, status): per step, the cross-attention of chosen words of either prompt.
 
+        ``inputs``: the core options, then words of the prompt and words of the negative prompt
+        (comma-separated). One strip per word, steps left to right, each map over the final image;
+        a negative word's steps are greyed where the negative does not act.
+        """
+        *core, words_text, negative_words_text = inputs
+        s = page_settings(*core)
+        words, negative_words = _words(words_text), _words(negative_words_text)
+        if not words and not negative_words:
+            raise InputError("tokens", words_text, "name at least one word of the prompt or the negative prompt")
+        if s.cfg_off:
+            raise InputError("cfg_off", True, "the attention maps are taken with CFG kept on; untick 'CFG off'")
+        attention_maps, render_strip = experiment("attention_maps"), experiment("render_strip")
+        if attention_maps is None or render_strip is None:
+            return None, _missing("negschedule.attention.attention_maps")
         with self._lock:
             pipe = self._pipeline(s.model, s.scheduler)
+            began = time.perf_counter()
             progress(0.0, desc="sampling with attention capture")
-            result = fn(
+            maps = attention_maps(
                 pipe,
                 prompt=s.prompt,
+                tokens=words,
                 negative_prompt=s.negative_prompt,
+                negative_tokens=negative_words,
                 negative_start=s.negative_start,
                 negative_end=s.negative_end,
-                tokens=tokens,
+                seed=s.seed,
                 num_inference_steps=s.steps,
                 guidance_scale=s.guidance_scale,
-                generator=torch.Generator().manual_seed(s.seed),
             )
-        return _as_image(result), f"heatmaps of {', '.join(tokens)}: steps left to right"
+        strips = [render_strip(maps.image, m, label, maps.active[label]) for label, m in maps.maps.items()]
+        status = (
+            f"{', '.join(maps.maps)} ('+': prompt, '-': negative prompt), averaged over heads and cross-attention "
+            f"layers, steps 0-{s.steps - 1} left to right, in {time.perf_counter() - began:.1f} s. Negative: {step_plan(s)}"
+        )
+        return _stack(strips), status
 
     def removal_curve(self, *inputs: Any, progress: Progress = _no_progress):
-        """(plot or None, status): fewest steps of negative that remove the concept, per start step."""
+        """(plot or None, status): per start step s, the fewest steps of negative in [s, s+L) that remove the concept.
+
+        ``inputs``: the core options (the start and end sliders are not used: the curve tries every
+        start), then the concept the toy world's detector looks for, then the seeds.
+        """
         *core, concept, seeds_text = inputs
         s = page_settings(*core)
         if s.negative_prompt is None:
             raise InputError("negative_prompt", None, "the removal curve needs a negative prompt")
+        if s.cfg_off:
+            raise InputError("cfg_off", True, "the removal curve keeps CFG on; untick 'CFG off'")
         concept = (concept or "").strip() or s.negative_prompt
         seeds = parse_seeds(seeds_text)
-        fn = experiment("removal_curve")
-        if fn is None:
-            return None, _missing("removal_curve")
+        curve, plot = experiment("removal_curve"), experiment("removal_plot")
+        if curve is None or plot is None:
+            return None, _missing("negschedule.experiments.removal.removal_curve")
+        from PIL import Image
+
         with self._lock:
             pipe = self._pipeline(s.model, s.scheduler)
-            progress(0.0, desc="searching the removal curve")
-            result = fn(
+            began = time.perf_counter()
+            progress(0.0, desc=f"removal curve: {len(seeds)} seeds x {s.steps} starts")
+            result = curve(
                 pipe,
                 prompt=s.prompt,
                 negative_prompt=s.negative_prompt,
@@ -632,10 +646,20 @@ class UI:
                 seeds=seeds,
                 num_inference_steps=s.steps,
                 guidance_scale=s.guidance_scale,
+                detector="toy",
             )
-        evaluations = getattr(result, "model_evaluations", None)
-        status = f"removal curve of {concept!r}" + (f"; {evaluations} model evaluations" if evaluations is not None else "")
-        return _as_image(result), status
+        image = Image.open(io.BytesIO(plot(result))).convert("RGB")
+        summary = result.to_json()
+        lengths = " ".join(f"{k}:{'-' if v is None else f'{v:g}'}" for k, v in summary["mean_lengths"].items())
+        absent = [r["seed"] for r in summary["seeds"] if not r.get("baseline_present", True)]
+        nothing = f" The concept is absent without the negative for seeds {absent}: nothing to remove there." if absent else ""
+        status = (
+            f"Concept {concept!r} (toy-world detector).{nothing} Mean L per start s (s:L, '-': never removed): {lengths}. "
+            f"Critical step: {summary['critical_step']}. {summary['runs_sampled']} runs sampled "
+            f"({summary['exhaustive_runs']} for an exhaustive scan), {summary['model_evaluations']} model evaluations, "
+            f"{time.perf_counter() - began:.1f} s."
+        )
+        return image, status
 
     def save(self, image, file_name: Any, progress: Progress = _no_progress) -> str:
         """Save the last generated image under ``--outputs-dir``; returns the status line."""
@@ -648,11 +672,12 @@ class UI:
         return f"saved {path.name} in the outputs folder"
 
 
-def _missing(name: str) -> str:
-    return (
-        f"Not available yet: this tab calls `negschedule.experiments.{name}`, which this installation "
-        "does not provide (the experiments package is still being written)."
-    )
+def _words(text: Any) -> list[str]:
+    return [w.strip() for w in (text or "").split(",") if w.strip()] if isinstance(text, str) else []
+
+
+def _missing(what: str) -> str:
+    return f"Not available: this tab calls `{what}`, which this installation does not provide."
 
 
 # ---- the page --------------------------------------------------------------------------------------------
@@ -772,18 +797,31 @@ def build_app(ui: UI):
             go_sweep.click(_page_errors(ui.sweep, len(core) + 2, track_tqdm=True), core + [starts, seeds], [grid, sweep_status], concurrency_id="model")
 
         with gr.Tab("attention heatmaps", id="heatmaps"):
-            tokens = gr.Textbox(value="blue, square", label="tokens (comma-separated words of either prompt)", elem_id="ns-tokens")
+            gr.Markdown(
+                "Cross-attention of chosen words, step by step (averaged over heads and layers), over the final image. "
+                "A word of the negative prompt is greyed out at the steps where the negative does not act."
+            )
+            with gr.Row():
+                words = gr.Textbox(value="circle, square", label="words of the prompt (comma-separated)", elem_id="ns-words")
+                negative_words = gr.Textbox(value="square", label="words of the negative prompt", elem_id="ns-negative-words")
             go_heat = gr.Button("Heatmaps", variant="primary", elem_id="ns-heatmaps")
-            heat_status = gr.Markdown(_missing("attention_heatmaps") if experiment("attention_heatmaps") is None else "", elem_id="ns-heat-status")
+            have_maps = experiment("attention_maps") is not None
+            heat_status = gr.Markdown("" if have_maps else _missing("negschedule.attention.attention_maps"), elem_id="ns-heat-status")
             heat = gr.Image(label="per-step cross-attention", type="pil", format="png", interactive=False, buttons=["download", "fullscreen"], elem_id="ns-heat")
-            go_heat.click(_page_errors(ui.heatmaps, len(core) + 1, track_tqdm=True), core + [tokens], [heat, heat_status], concurrency_id="model")
+            go_heat.click(_page_errors(ui.heatmaps, len(core) + 2, track_tqdm=True), core + [words, negative_words], [heat, heat_status], concurrency_id="model")
 
         with gr.Tab("removal curve", id="curve"):
+            gr.Markdown(
+                "For each start step s, the fewest steps L of negative guidance in [s, s+L) after which the toy world's "
+                "detector no longer finds the concept (arXiv:2406.02965's U-shaped curve; its minimum is the critical step). "
+                "The start sliders are not used: every start is tried."
+            )
             with gr.Row():
-                concept = gr.Textbox(value="", label="concept to detect (empty: the negative prompt)", elem_id="ns-concept")
+                concept = gr.Textbox(value="", label="concept to detect, e.g. 'blue square' (empty: the negative prompt)", elem_id="ns-concept")
                 curve_seeds = gr.Textbox(value="0,1,2", label="seeds", elem_id="ns-curve-seeds")
             go_curve = gr.Button("Removal curve", variant="primary", elem_id="ns-curve")
-            curve_status = gr.Markdown(_missing("removal_curve") if experiment("removal_curve") is None else "", elem_id="ns-curve-status")
+            have_curve = experiment("removal_curve") is not None
+            curve_status = gr.Markdown("" if have_curve else _missing("negschedule.experiments.removal.removal_curve"), elem_id="ns-curve-status")
             curve = gr.Image(label="steps of negative needed, per start step", type="pil", format="png", interactive=False, buttons=["download", "fullscreen"], elem_id="ns-curve-plot")
             go_curve.click(_page_errors(ui.removal_curve, len(core) + 2, track_tqdm=True), core + [concept, curve_seeds], [curve, curve_status], concurrency_id="model")
     demo.queue(default_concurrency_limit=1)
