@@ -864,8 +864,11 @@ def register(subparsers) -> None:
 
 
 def cmd_serve(args) -> int:
+    import importlib.util
     import os
 
+    if importlib.util.find_spec("gradio") is None:
+        raise SystemExit("negschedule serve: needs gradio, which is not installed (pip install gradio)")
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     config = ServeConfig(
         host=args.host,
