@@ -368,7 +368,29 @@ def test_serve_binds_loopback_unless_asked(monkeypatch, tmp_path):
     assert launched["share"] is False
 
 
-@pytest.mark.parametrize("argv, argument", [(["--port", "0"], "port"), (["--models-dir", "/no/such/dir"], "models_dir"), (["--outputs-dir", "/no/such"], "outputs_dir")])
+def test_models_load_on_the_device_and_dtype_served(pipe, models_dir, monkeypatch):
+    seen = {}
+
+    def fake_load(model, **kwargs):
+        seen.update(kwargs, model=model)
+        return pipe
+
+    monkeypatch.setattr("negschedule.models.load_pipeline", fake_load)
+    ui = UI(ServeConfig(models_dir=models_dir, device="cpu", dtype="float32"), default_pipe=pipe)
+    ui.generate(*core(model="tiny"), False)
+    assert seen == {"model": str((models_dir / "tiny").resolve()), "device": "cpu", "torch_dtype": "float32"}
+
+
+@pytest.mark.parametrize(
+    "argv, argument",
+    [
+        (["--port", "0"], "port"),
+        (["--models-dir", "/no/such/dir"], "models_dir"),
+        (["--outputs-dir", "/no/such"], "outputs_dir"),
+        (["--device", "nope"], "device"),
+        (["--dtype", "float17"], "torch_dtype"),
+    ],
+)
 def test_serve_refuses_bad_flags(argv, argument):
     with pytest.raises(InputError, match=argument):
         app.cmd_serve(parse_serve(*argv))

@@ -61,10 +61,23 @@ class ServeConfig:
     port: int = 7860
     models_dir: Path | None = None  # the one folder whose model subfolders the page may load; None: default only
     outputs_dir: Path | None = None  # the one folder the page may save PNGs into; None: no saving
+    device: str | None = None  # where models run ("cuda", "cuda:1", "mps"); None: where they load (the CPU)
+    dtype: str | None = None  # e.g. "float16" on a GPU; None: as the model is stored
 
     def validate(self) -> "ServeConfig":
         if not 1 <= int(self.port) <= 65535:
             raise InputError("port", self.port, "must be in 1..65535")
+        if self.device is not None:
+            import torch
+
+            try:
+                torch.device(self.device)
+            except (RuntimeError, ValueError):
+                raise InputError("device", self.device, "not a torch device (cpu, cuda, cuda:1, mps)") from None
+        if self.dtype is not None:
+            from .models import _resolve_dtype
+
+            _resolve_dtype(self.dtype)
         for name in ("models_dir", "outputs_dir"):
             value = getattr(self, name)
             if value is not None and not Path(value).is_dir():
@@ -372,7 +385,8 @@ class UI:
             # The default stays; any other model replaces the previous one, so memory stays bounded.
             for name in [n for n in self._pipes if n != DEFAULT_MODEL]:
                 del self._pipes[name]
-            self._keep(model, load_pipeline(None if path is None else str(path)))
+            loaded = load_pipeline(None if path is None else str(path), device=self.config.device, torch_dtype=self.config.dtype)
+            self._keep(model, loaded)
         pipe, own = self._pipes[model]
         if scheduler is None:
             pipe.scheduler = copy.deepcopy(own)
@@ -860,6 +874,8 @@ def register(subparsers) -> None:
     p.add_argument("--port", type=int, default=7860)
     p.add_argument("--models-dir", default=None, help="folder whose diffusers model subfolders the page may load (default: none, only the embedded model)")
     p.add_argument("--outputs-dir", default=None, help="folder the page may save PNGs into (default: none, download only)")
+    p.add_argument("--device", default=None, help="where models run, e.g. cuda (default: the CPU)")
+    p.add_argument("--dtype", default=None, help="e.g. float16 on a GPU (default: as stored)")
     p.set_defaults(func=cmd_serve)
 
 
@@ -875,6 +891,8 @@ def cmd_serve(args) -> int:
         port=args.port,
         models_dir=None if args.models_dir is None else Path(args.models_dir),
         outputs_dir=None if args.outputs_dir is None else Path(args.outputs_dir),
+        device=args.device,
+        dtype=args.dtype,
     ).validate()
     ui = UI(config)
     ui.preload()
