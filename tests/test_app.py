@@ -146,10 +146,16 @@ def test_parse_starts(text, steps, expected):
     assert app.parse_starts(text, steps) == expected
 
 
-@pytest.mark.parametrize("text", ["", "a:b", "0:4:0", "5", "-1", "1:2:3:4"])
+@pytest.mark.parametrize("text", ["", "a:b", "0:4:0", "5", "-1", "1:2:3:4", "0:1000000000000", "-5:2"])
 def test_parse_starts_refuses(text):
     with pytest.raises(InputError, match="starts"):
         app.parse_starts(text, 4)
+
+
+@pytest.mark.parametrize("text", ["", "x", "-1", "0:1000000000000", ",".join(map(str, range(65)))])
+def test_parse_seeds_refuses(text):
+    with pytest.raises(InputError, match="seeds"):
+        app.parse_seeds(text)
 
 
 # ---- bad input is an InputError naming the argument ------------------------------------------------------
@@ -163,6 +169,10 @@ def test_parse_starts_refuses(text):
         (dict(steps=None), "steps"),
         (dict(seed=-1), "seed"),
         (dict(seed=1.5), "seed"),
+        (dict(seed=float("inf")), "seed"),
+        (dict(steps=float("nan")), "steps"),
+        (dict(guidance_scale=float("nan")), "guidance_scale"),
+        (dict(guidance_scale="x"), "guidance_scale"),
         (dict(scheduler="nope"), "scheduler"),
         (dict(negative_start=9), "negative_start"),
         (dict(guidance_scale=1.0), "guidance_scale"),

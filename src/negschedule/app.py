@@ -27,6 +27,7 @@ import importlib
 import inspect
 import io
 import logging
+import math
 import re
 import threading
 import time
@@ -182,7 +183,7 @@ def _whole(value: Any, argument: str, low: int, high: int | None = None) -> int:
         number = float(value)
     except (TypeError, ValueError):
         raise InputError(argument, value, "must be a whole number") from None
-    if number != int(number):
+    if not math.isfinite(number) or number != int(number):
         raise InputError(argument, value, "must be a whole number")
     if number < low or (high is not None and number > high):
         raise InputError(argument, value, f"must be in {low}..{high}" if high is not None else f"must be at least {low}")
@@ -216,6 +217,8 @@ def page_settings(
         scale = float(guidance_scale)
     except (TypeError, ValueError):
         raise InputError("guidance_scale", guidance_scale, "must be a number") from None
+    if not math.isfinite(scale):
+        raise InputError("guidance_scale", guidance_scale, "must be a finite number")
     negative = negative_prompt if isinstance(negative_prompt, str) and negative_prompt.strip() else None
     start = end = None
     if negative is not None:
@@ -237,7 +240,7 @@ def page_settings(
 
 
 def step_plan(s: PageSettings) -> str:
-    """Which negative text acts at which steps, as ranges: "steps 0-4: (empty prompt) · steps 5-19: glasses"."""
+    """Which negative acts at which steps: "steps 0-4: CFG with the empty prompt · steps 5-19: 'glasses'"."""
     from .generate import plan_negatives
 
     off = "no CFG (positive only)" if s.cfg_off else "CFG with the empty prompt"
@@ -264,6 +267,8 @@ def parse_starts(text: Any, steps: int) -> list[int]:
             parts = [int(p) for p in text.split(":")]
             if len(parts) not in (2, 3) or (len(parts) == 3 and parts[2] <= 0):
                 raise ValueError
+            if not 0 <= parts[0] <= steps or not 0 <= parts[1] <= steps + 1:
+                raise InputError("starts", text, f"a range of steps within 0..{steps}")
             values = list(range(*parts))
         else:
             values = [int(p) for p in text.split(",") if p.strip()]
@@ -277,8 +282,8 @@ def parse_starts(text: Any, steps: int) -> list[int]:
     return list(dict.fromkeys(values))
 
 
-def parse_seeds(text: Any) -> list[int]:
-    """Seeds from "0,1,2" (or "0:4")."""
+def parse_seeds(text: Any, limit: int = 64) -> list[int]:
+    """Seeds from "0,1,2" (or "0:4"); at most ``limit`` of them."""
     if isinstance(text, (int, float)):
         text = str(int(text))
     if not isinstance(text, str) or not text.strip():
@@ -286,6 +291,8 @@ def parse_seeds(text: Any) -> list[int]:
     try:
         if ":" in text:
             a, b = (int(p) for p in text.split(":"))
+            if b - a > limit:
+                raise InputError("seeds", text, f"at most {limit} seeds from the page")
             values = list(range(a, b))
         else:
             values = [int(p) for p in text.split(",") if p.strip()]
@@ -293,6 +300,8 @@ def parse_seeds(text: Any) -> list[int]:
         raise InputError("seeds", text, "expected a comma list of whole numbers or START:STOP") from None
     if not values or any(v < 0 for v in values):
         raise InputError("seeds", text, "needs at least one seed, none negative")
+    if len(set(values)) > limit:
+        raise InputError("seeds", text, f"at most {limit} seeds from the page")
     return list(dict.fromkeys(values))
 
 
@@ -642,7 +651,7 @@ class UI:
         if s.cfg_off:
             raise InputError("cfg_off", True, "the removal curve keeps CFG on; untick 'CFG off'")
         concept = (concept or "").strip() or s.negative_prompt
-        seeds = parse_seeds(seeds_text)
+        seeds = parse_seeds(seeds_text, limit=16)  # each seed is up to a full search of windows
         curve, plot = experiment("removal_curve"), experiment("removal_plot")
         if curve is None or plot is None:
             return None, _missing("negschedule.experiments.removal.removal_curve")
