@@ -1,23 +1,27 @@
 """An exact detector for the shapes world: ``detect`` lists the objects, ``present`` tests one concept.
 
-How it decides. The background is the per-channel median of the border pixels. Each pixel goes to
-the nearest of the world's colours (the five shape colours, the moon's) when that colour is nearer
-than the background and within ``MAX_COLOUR_DISTANCE``; off colours from a model still land on
-their nearest colour. Antialiased (or blurry) edges blend two colours, and a blend can look like a
-third colour (white on slate is close to the moon's colour), so each colour mask is eroded once
-(4-neighbourhood): one-pixel blend rings vanish, a shape's core stays. Each surviving connected
-core is one object; mask pixels within three pixels go to their nearest core, and the box
-holds them. The shape is the
-template (square, circle, triangle pointing up, drawn into that box) whose mask best matches the
-colour mask there (intersection over union), holes filled; a moon-coloured object is the moon
-whatever its outline. A poor fit (IoU < 0.7) is retried with a deeper erosion, which splits two
-same-colour shapes whose edges touch. A square has a dot when a pixel inside it is much darker
-than its colour; the dot's hole is filled before erosion so that it never splits the square.
-Regions under 12 pixels, and shapes that fit no template with IoU >= 0.5, are not objects: a
-blurry or noisy picture yields nothing rather than false objects.
+How it decides. The background is the per-channel median of the border pixels. Antialiasing and
+a decoder's blur mix a shape's colour with the background linearly, so for each of the world's
+colours (five shape colours, the moon's) a pixel's coverage is its position on the line from the
+background to that colour (0..1). A pixel belongs to its nearest colour when that colour is within
+``MAX_COLOUR_DISTANCE`` and covers at least half of it; off colours from a model still land on
+their nearest colour. A blend of two colours can look like a third (white on slate is close to the
+moon's colour), so each colour mask is eroded once (4-neighbourhood): one-pixel blend rings vanish,
+a shape's core stays. Each core is one object; mask pixels within three pixels go to their nearest
+core. A region under 12 pixels, or one that no shape template covers with IoU >= 0.5, is not an
+object (a noisy picture yields nothing rather than false objects); an IoU under 0.7 is retried with
+a deeper erosion, which splits two same-colour shapes whose edges touch. The shape is the template
+(square, circle, triangle pointing up), slightly blurred and drawn in the region's box with each
+side moved by -1..+2 pixels, that best matches the coverage map near the region (least squares):
+a blurred triangle's faint apex falls out of the mask, so the mask's box is searched around, not
+trusted. A moon-coloured object is the moon whatever its outline. A square has a dot when a pixel
+inside it is much darker than its colour; the dot's hole is filled before erosion (it would split
+the square) and kept out of the other colours' masks.
 """
 
 from __future__ import annotations
+
+from functools import lru_cache
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -29,6 +33,8 @@ from .world import COLOURS, MOON_RGB, SHAPES, Object
 MAX_COLOUR_DISTANCE = 110.0  # RGB distance beyond which a pixel is no colour of the world
 MIN_CORE_PIXELS = 2  # smaller eroded cores are noise or blend rings
 MAX_GROW_PIXELS = 3.0  # how far a core grows back: the eroded rim and a triangle's thin apex
+TEMPLATE_BLUR = 0.6  # pixels: the blur of the decoder's edges that templates are compared with
+MIN_COVERAGE = 0.5  # a pixel belongs to a colour when that colour covers this share of it (blurred edges count)
 MIN_OBJECT_PIXELS = 12  # smaller regions are not objects (the smallest triangle covers about 20 pixels)
 MIN_FIT = 0.5  # a region that fits no shape template better than this is a smudge, not a shape
 SPLIT_BELOW_FIT = 0.7  # template IoU under which an object is tried as two touching ones
@@ -81,6 +87,62 @@ def _classify(mask: np.ndarray) -> tuple[str, float]:
     return best, best_iou
 
 
+def _coverage(pixels: np.ndarray, background: np.ndarray, rgb) -> np.ndarray:
+    """Per pixel, the share of colour ``rgb`` in a linear mix with the background (0..1).
+
+    Antialiasing and blur mix a shape's colour with the background linearly, so this estimates how
+    much of each pixel the shape covers, edges included.
+    """
+    direction = np.asarray(rgb, dtype=np.float32) - background
+    alpha = (pixels - background) @ direction / max(float(direction @ direction), 1e-6)
+    return np.clip(alpha, 0.0, 1.0)
+
+
+@lru_cache(maxsize=4096)
+def _soft_template(shape: str, width: int, height: int, pad: int) -> np.ndarray:
+    """``shape``'s coverage in a ``width`` x ``height`` box, blurred like a decoder blurs, with ``pad`` pixels around."""
+    canvas = np.zeros((height + 2 * pad, width + 2 * pad), dtype=np.float32)
+    canvas[pad : pad + height, pad : pad + width] = _template(shape, width, height)
+    return ndimage.gaussian_filter(canvas, TEMPLATE_BLUR)
+
+
+def _classify_soft(alpha: np.ndarray, box: tuple[int, int, int, int]) -> str:
+    """The shape (and box, each side moved by up to two pixels) whose blurred coverage best matches ``alpha``.
+
+    The mask of a blurred shape loses its faint parts (a triangle's apex), so the box is searched
+    around the mask's box rather than trusted.
+    """
+    x0, y0, x1, y1 = box
+    pad = 3
+    height, width = alpha.shape
+    window = np.zeros((y1 - y0 + 2 * pad, x1 - x0 + 2 * pad), dtype=np.float32)
+    ya, yb, xa, xb = max(0, y0 - pad), min(height, y1 + pad), max(0, x0 - pad), min(width, x1 + pad)
+    window[ya - (y0 - pad) : yb - (y0 - pad), xa - (x0 - pad) : xb - (x0 - pad)] = alpha[ya:yb, xa:xb]
+    best, best_error = SHAPES[0], np.inf
+    moves = range(-1, 3)  # grow a side by up to 2 pixels, or shrink it by 1
+    for top in moves:
+        for bottom in moves:
+            for left in moves:
+                for right in moves:
+                    w, h = x1 - x0 + left + right, y1 - y0 + top + bottom
+                    if w < 3 or h < 3:
+                        continue
+                    for shape in SHAPES:
+                        drawn = _soft_template(shape, w, h, pad)  # placed at (pad - left, pad - top) in window
+                        oy, ox = pad - top - pad, pad - left - pad
+                        error = _placed_error(window, drawn, oy, ox)
+                        if error < best_error:
+                            best, best_error = shape, error
+    return best
+
+
+def _placed_error(window: np.ndarray, drawn: np.ndarray, oy: int, ox: int) -> float:
+    """Squared error between ``window`` and ``drawn`` placed with its corner at (oy, ox) (zero elsewhere)."""
+    canvas = np.zeros((window.shape[0] + 8, window.shape[1] + 8), dtype=np.float32)
+    canvas[4 + oy : 4 + oy + drawn.shape[0], 4 + ox : 4 + ox + drawn.shape[1]] = drawn
+    return float(((canvas[4:-4, 4:-4] - window) ** 2).sum())
+
+
 def _regions(mask: np.ndarray, erosions: int) -> list[np.ndarray]:
     """One pixel mask per object in a colour mask: eroded cores, each grown back over its nearest pixels."""
     cores, n = ndimage.label(ndimage.binary_erosion(mask, _CROSS, iterations=erosions), _CROSS)
@@ -95,12 +157,20 @@ def _regions(mask: np.ndarray, erosions: int) -> list[np.ndarray]:
     return [r for r in regions if r.sum() >= MIN_OBJECT_PIXELS]
 
 
+SOFT_SHAPES = True
+
+
+def region_halo(region: np.ndarray) -> np.ndarray:
+    """The region grown by three pixels: where its faint blurred parts can be (other objects stay out)."""
+    return ndimage.binary_dilation(region, _CROSS, iterations=3).astype(np.float32)
+
+
 def _box(region: np.ndarray) -> tuple[int, int, int, int]:
     ys, xs = np.nonzero(region)
     return int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
 
 
-def _shape_objects(pixels: np.ndarray, mask: np.ndarray, name: str) -> list[Object]:
+def _shape_objects(pixels: np.ndarray, mask: np.ndarray, name: str, alpha: np.ndarray) -> list[Object]:
     found = []
     for region in _regions(mask, 1):
         x0, y0, x1, y1 = _box(region)
@@ -109,11 +179,12 @@ def _shape_objects(pixels: np.ndarray, mask: np.ndarray, name: str) -> list[Obje
             # A poor fit is usually two same-colour shapes whose blurred edges touch: erode harder.
             parts = _regions(region, 2)
             if len(parts) > 1:
-                found += _shape_objects(pixels, parts[0], name) + [
-                    o for part in parts[1:] for o in _shape_objects(pixels, part, name)]
+                found += [o for part in parts for o in _shape_objects(pixels, part, name, alpha)]
                 continue
         if fit < MIN_FIT:
             continue
+        if SOFT_SHAPES:
+            shape = _classify_soft(alpha * region_halo(region), (x0, y0, x1, y1))
         dot = False
         if shape == "square" and min(x1 - x0, y1 - y0) >= 5:
             luminance = pixels[y0 + 2 : y1 - 2, x0 + 2 : x1 - 2].mean(-1)
@@ -129,7 +200,9 @@ def detect(image) -> list[Object]:
     distances = np.linalg.norm(pixels[:, :, None, :] - _RGB[None, None], axis=-1)  # H x W x colours
     nearest = distances.argmin(-1)
     nearest_distance = distances.min(-1)
-    is_colour = (nearest_distance < MAX_COLOUR_DISTANCE) & (nearest_distance < np.linalg.norm(pixels - background, axis=-1))
+    alphas = np.stack([_coverage(pixels, background, rgb) for rgb in _RGB], axis=-1)
+    alpha = np.take_along_axis(alphas, nearest[..., None], -1)[..., 0]
+    is_colour = (nearest_distance < MAX_COLOUR_DISTANCE) & (alpha >= MIN_COVERAGE)
     masks = [is_colour & (nearest == c) for c in range(len(_NAMES))]
     # A square's dot is a hole in its colour: fill it (erosion would widen it until the square splits)
     # and keep the dot's blended rim, which can look like another colour, out of every other mask.
@@ -141,7 +214,7 @@ def detect(image) -> list[Object]:
         if name == "moon":
             found += [Object("moon", "moon", _box(r)) for r in _regions(mask, 1)]
         elif mask.any():
-            found += _shape_objects(pixels, mask, name)
+            found += _shape_objects(pixels, mask, name, _coverage(pixels, background, COLOURS[name]))
     found.sort(key=lambda o: (o.box[1], o.box[0]))
     return found
 
