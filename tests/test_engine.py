@@ -126,9 +126,12 @@ def test_prefix_cache_resumes_later_calls(tiny_sd):
 
 def test_pipeline_scheduler_is_left_alone(tiny_sd):
     set_scheduler(tiny_sd, "dpmpp_2m")
+    tiny_sd.scheduler.set_timesteps(9)
     before = tiny_sd.scheduler
+    timesteps = before.timesteps.clone()
     sample_runs(tiny_sd, [Run(NEG, 1)], seeds=[0], prompt=PROMPT, num_inference_steps=N, output_type="latent")
-    assert tiny_sd.scheduler is before
+    assert tiny_sd.scheduler is before and torch.equal(before.timesteps, timesteps)
+    assert before.step_index is None and before.model_outputs == [None] * before.config.solver_order
 
 
 @pytest.mark.parametrize(

@@ -74,7 +74,7 @@ def test_ssim_matches_scikit_image():
 
 
 def test_removal_and_reverse_activation_rates_with_a_stub_detector(tiny_sd, monkeypatch):
-    import negschedule.toyworld as toyworld
+    toyworld = pytest.importorskip("negschedule.toyworld")
 
     set_scheduler(tiny_sd, "ddim")
     reference = sweep(tiny_sd, prompt=PROMPT, negative_prompt=NEG, starts=[0, 2], seeds=[0, 1, 2], num_inference_steps=T)
@@ -88,6 +88,36 @@ def test_removal_and_reverse_activation_rates_with_a_stub_detector(tiny_sd, monk
     assert by_column["0"]["reverse_activation_rate"] == pytest.approx(1 / 2)  # seed 1 of seeds 1, 2
     assert by_column["2"]["reverse_activation_rate"] == 0.0
     assert by_column["none"]["ssim"] == 1.0
+
+
+def test_object_preservation_from_the_toy_world_detector(tiny_sd, monkeypatch):
+    from types import SimpleNamespace
+
+    toyworld = pytest.importorskip("negschedule.toyworld")
+
+    def Object(shape, colour, box):  # what the metrics read of the toy world's objects: name and box
+        return SimpleNamespace(name=f"{colour} {shape}", box=box)
+
+    set_scheduler(tiny_sd, "ddim")
+    reference = sweep(tiny_sd, prompt=PROMPT, negative_prompt=NEG, starts=[0, 3], seeds=[0], num_inference_steps=T)
+    baseline = pixels(reference.image(0, None)).tobytes()
+    square, circle = Object("square", "blue", (0, 0, 10, 10)), Object("circle", "red", (12, 12, 30, 30))
+    moved = Object("square", "blue", (8, 8, 18, 18))  # IoU with the original square < 0.5
+
+    def detect(image):
+        if pixels(image).tobytes() == baseline:
+            return [square, circle]
+        return [circle] if pixels(image).tobytes() == pixels(reference.image(0, 0)).tobytes() else [moved]
+
+    monkeypatch.setattr(toyworld, "detect", detect)
+    monkeypatch.setattr(toyworld, "present", lambda image, name: any(o.name == name for o in detect(image)))
+    result = sweep(tiny_sd, prompt=PROMPT, negative_prompt=NEG, starts=[0, 3], seeds=[0], num_inference_steps=T,
+                   concept="red circle")
+    by_column = {row["column"]: row for row in result.summary()}
+    # The blue square is the object to preserve (the red circle is the concept): gone at 0, moved at 3.
+    assert by_column["none"]["objects_preserved"] == 1.0
+    assert by_column["0"]["objects_preserved"] == 0.0 and by_column["3"]["objects_preserved"] == 0.0
+    assert by_column["3"]["removal_rate"] == 1.0 and by_column["0"]["removal_rate"] == 0.0
 
 
 def test_summary_denominators():
