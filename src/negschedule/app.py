@@ -457,9 +457,9 @@ class UI:
 
     def _tag(self, pipe, s: PageSettings, image, **extra: Any):
         """Put the settings in the image's PNG text (A1111 layout), as the CLI writes them."""
-        from .cli import _parameters
+        from .cli import png_parameters
 
-        image.info["parameters"] = _parameters(pipe, s.run_settings(), **extra)
+        image.info["parameters"] = png_parameters(pipe, s.run_settings(), **extra)
         return image
 
     def generate(self, *inputs: Any, progress: Progress = _no_progress):

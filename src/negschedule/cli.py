@@ -170,7 +170,8 @@ def _generate(pipe, s: RunSettings, **timing: Any):
     return generate(pipe, **kwargs).images[0]
 
 
-def _parameters(pipe, s: RunSettings, **extra: Any) -> str:
+def png_parameters(pipe, s: RunSettings, **extra: Any) -> str:
+    """The A1111-style ``parameters`` text for an image made with settings ``s`` (CLI and UI)."""
     import diffusers
 
     from . import __version__
@@ -206,7 +207,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     _check_before_loading(s)
     pipe = _load(s)
     image = _generate(pipe, s)
-    save_png(image, out, _parameters(pipe, s))
+    save_png(image, out, png_parameters(pipe, s))
     print(out)
     return 0
 
@@ -231,7 +232,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         _generate(pipe, s),
     ]
     labels = ["no negative", "negative from step 0", f"negative from step {k}"]
-    save_png(labelled_row(images, labels), out, _parameters(pipe, s, Comparison=" | ".join(labels)))
+    save_png(labelled_row(images, labels), out, png_parameters(pipe, s, Comparison=" | ".join(labels)))
     print(out)
     return 0
 
