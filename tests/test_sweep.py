@@ -271,3 +271,18 @@ def test_accelerate_launch_two_processes_merge_to_the_single_process_result(tiny
     single = tmp_path / "one"
     assert main([*sweep_args, "--out", str(single)]) == 0
     assert _files(shared) == _files(single)
+
+
+def test_temporary_files_of_a_killed_run_are_cleaned_on_resume(tiny_sd, tmp_path):
+    from negschedule.experiments.store import ResultStore, write_bytes_atomic
+
+    set_scheduler(tiny_sd, "ddim")
+    kw = dict(prompt=PROMPT, negative_prompt=NEG, starts=[1], seeds=[0], num_inference_steps=T, out=tmp_path)
+    sweep(tiny_sd, **kw)
+    stale = tmp_path / "images" / ".p000_seed1_1.png.abc.tmp"  # what a kill inside write_bytes_atomic leaves
+    stale.write_bytes(b"half a png")
+    sweep(tiny_sd, **kw)
+    assert not stale.exists()
+    write_bytes_atomic(tmp_path / "x.bin", b"1")
+    assert (tmp_path / "x.bin").read_bytes() == b"1" and not list(tmp_path.glob(".x.bin*"))
+    assert ResultStore(tmp_path).done("p000_seed0")

@@ -71,9 +71,16 @@ class ResultStore:
     def units_dir(self) -> Path:
         return self.root / "units"
 
-    def open(self, settings: dict[str, Any]) -> None:
-        """Start or resume: write ``settings.json``, or check that the folder holds the same experiment."""
+    def open(self, settings: dict[str, Any], clean: bool = True) -> None:
+        """Start or resume: write ``settings.json``, or check that the folder holds the same experiment.
+
+        ``clean``: remove temporary files a killed run left behind (only the first process of a
+        shared run may, before the others start writing).
+        """
         path = self.root / "settings.json"
+        if clean and self.root.is_dir():
+            for stale in self.root.rglob(".*.tmp"):
+                stale.unlink(missing_ok=True)
         normalized = json.loads(json.dumps(settings))
         if path.exists():
             held = json.loads(path.read_text())

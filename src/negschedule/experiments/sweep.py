@@ -212,7 +212,7 @@ def run_sweep(pipe, config: SweepConfig, out: str | os.PathLike | None = None, p
             store.open(settings)
         if state is not None:
             state.wait_for_everyone()
-        store.open(settings)
+            store.open(settings, clean=False)
 
     units = config.units()
     mine = [u for i, u in enumerate(units) if i % count == index]
