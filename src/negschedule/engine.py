@@ -48,7 +48,6 @@ from .conditioning import NegativeEncoder, NegativeKey, is_sdxl
 from .errors import InputError
 from .generate import _ENCODE_ARGS, _call_defaults, _normalize, _plan_encoding, batch_size, plan_negatives
 from .passes import step_of_passes
-from .schedule import NegativeWindow
 
 # One step's conditioning: the per-prompt negative texts (None = off), whether CFG runs, and whether
 # the texts are encoded the A1111 way (see long_prompts.py).
@@ -81,7 +80,7 @@ class Run:
     negative_prompt: str | None = None  # may use A1111 prompt editing
     negative_start: int | float | None = None  # int: 0-based step; float in [0, 1]: fraction of the steps
     negative_end: int | float | None = None  # exclusive; same units; None: to the last step
-    negative_windows: tuple = ()  # further NegativeWindow(prompt, start, end) or tuples
+    negative_windows: tuple = ()  # further schedule.NegativeWindow(prompt, start, end) or (prompt, start, end) tuples
     cfg_off: bool = False  # CFG off (one evaluation) while no negative is active
 
     def generate_kwargs(self) -> dict[str, Any]:
@@ -560,4 +559,4 @@ def start_sweep_runs(negative_prompt: str, starts: Sequence[int], num_inference_
     return runs
 
 
-__all__ = ["Engine", "EngineConfig", "EngineResult", "Run", "NegativeWindow", "sample_runs", "start_sweep_runs"]
+__all__ = ["Engine", "EngineConfig", "EngineResult", "Run", "sample_runs", "start_sweep_runs"]

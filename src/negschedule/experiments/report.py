@@ -201,10 +201,14 @@ def removal_plot(curve) -> bytes:
         best = min(xs, key=lambda s: (mean[s], s))
         ax.plot([best], [mean[best]], marker="*", color="red", markersize=16, linestyle="none",
                 label=f"minimum: critical step {best}")
+    # Starts from which even the negative to the last step leaves the concept: L > T - s.
+    undefined = [s for s in starts if mean[s] is None and any(r["baseline_present"] for r in curve.records)]
+    if undefined:
+        ax.plot(undefined, [T - s + 1 for s in undefined], "x", color="grey", label="not removed even by [s, T)")
     ax.set_xlabel("negative starts at step s")
     ax.set_ylabel("fewest steps L that remove it")
     ax.set_xlim(-0.5, T - 0.5)
-    ax.set_ylim(0, T + 0.5)
+    ax.set_ylim(0, T + 1.5)
     ax.grid(alpha=0.3)
     if len(curve.records) <= 8 or xs:
         ax.legend(fontsize=7, loc="best")
