@@ -260,9 +260,10 @@ def run_sweep(pipe, config: SweepConfig, out: str | os.PathLike | None = None, p
                     "image": f"images/{name}_{label}.png",
                 }
                 cells.append(cell)
-                result._images[(p, seed, label)] = image
                 if store is not None:
-                    store.save_image(cell["image"], image)
+                    store.save_image(cell["image"], image)  # read back on demand: long sweeps stay small in memory
+                else:
+                    result._images[(p, seed, label)] = image
             _measure(cells, images, detector, config.concept)
             record = {
                 "unit": name,
