@@ -49,7 +49,7 @@ class TrainConfig:
     # UNet: cross-attention only at the two low resolutions (8x8, 4x4), where it is cheap
     unet_channels: tuple[int, ...] = (32, 64, 128)
     unet_heads: int = 4
-    unet_steps: int = 6000  # sized to ~60 minutes at the ~1.7 steps/s one shared core gives
+    unet_steps: int = 5000  # ~55 minutes at the 1.0-1.6 steps/s one shared core gives here
     batch: int = 64
     lr: float = 1e-3  # AdamW, linear warm-up then cosine decay to 5% of it
     warmup: int = 200
