@@ -9,9 +9,11 @@ import torch
 from negschedule import generate
 from negschedule.engine import Engine, EngineConfig, Run, sample_runs, start_sweep_runs
 from negschedule.errors import InputError
+from negschedule.schedulers import SCHEDULERS as SCHEDULER_TABLE
 from negschedule.schedulers import set_scheduler
 
-from .test_generate import SCHEDULERS
+# Every scheduler the core supports, and PNDM both with its Runge-Kutta passes and without.
+SCHEDULERS = [(name, {}) for name in SCHEDULER_TABLE] + [("pndm", {"skip_prk_steps": True})]
 
 N = 4
 PROMPT = "a red cat"
