@@ -244,6 +244,10 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as err:
         print(f"negschedule {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        # Every finished unit is on disk; the same command resumes from there.
+        print("negschedule: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

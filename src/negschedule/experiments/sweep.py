@@ -233,8 +233,9 @@ def run_sweep(pipe, config: SweepConfig, out: str | os.PathLike | None = None, p
         return engines[p]
 
     runs = config.runs()
-    for p, _ in todo:  # every bad input fails here, before any sampling
-        engine_for(p).step_keys(runs[1])
+    for p in dict.fromkeys(p for p, _ in todo):  # every bad input fails here, before any sampling
+        for run in runs:
+            engine_for(p).step_keys(run)
     bar = None
     if progress and todo:
         from tqdm.auto import tqdm
