@@ -83,6 +83,7 @@ def test_token_positions_and_bad_words(tiny_sd):
     ids = tiny_sd.tokenizer(PROMPT)["input_ids"]
     positions = token_positions(tiny_sd.tokenizer, PROMPT, "cat")
     assert ids[positions[0] : positions[-1] + 1] == tiny_sd.tokenizer("cat", add_special_tokens=False)["input_ids"]
+    assert token_positions(tiny_sd.tokenizer, "a red (cat:1.3)", "cat") == positions
     with pytest.raises(InputError) as err:
         attention_maps(tiny_sd, prompt=PROMPT, tokens=["dog"], num_inference_steps=2)
     assert err.value.argument == "tokens"

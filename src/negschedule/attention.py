@@ -143,8 +143,14 @@ class CrossAttentionCapture:
 
 
 def token_positions(tokenizer, text: str, word: str, argument: str = "tokens") -> list[int]:
-    """Positions of ``word``'s tokens in ``text`` as the pipeline tokenizes it (BOS at 0)."""
-    ids = tokenizer(text, truncation=True, max_length=tokenizer.model_max_length)["input_ids"]
+    """Positions of ``word``'s tokens in ``text`` as the pipeline tokenizes it (BOS at 0).
+
+    A1111 emphasis is taken out first (``(hat:1.3)`` reads as ``hat``), as the text encoding does;
+    positions are those of the first 75-token chunk.
+    """
+    from .emphasis import plain_text
+
+    ids = tokenizer(plain_text(text), truncation=True, max_length=tokenizer.model_max_length)["input_ids"]
     piece = tokenizer(word, add_special_tokens=False)["input_ids"]
     if not piece:
         raise InputError(argument, word, "tokenizes to nothing")
