@@ -286,3 +286,14 @@ def test_temporary_files_of_a_killed_run_are_cleaned_on_resume(tiny_sd, tmp_path
     write_bytes_atomic(tmp_path / "x.bin", b"1")
     assert (tmp_path / "x.bin").read_bytes() == b"1" and not list(tmp_path.glob(".x.bin*"))
     assert ResultStore(tmp_path).done("p000_seed0")
+
+
+def test_cfg_off_columns_equal_generate_with_cfg_off(tiny_sd):
+    set_scheduler(tiny_sd, "euler")
+    result = sweep(tiny_sd, prompt=PROMPT, negative_prompt=NEG, starts=[0, 2], seeds=[0], num_inference_steps=T, cfg_off=True)
+    expected = generate(tiny_sd, prompt=PROMPT, negative_prompt=NEG, negative_start=2, cfg_off=True, num_inference_steps=T,
+                        generator=torch.Generator().manual_seed(0)).images[0]
+    assert np.array_equal(pixels(result.image(0, 2)), pixels(expected))
+    # No prefix is shared: the no-negative column runs CFG from step 0 (2T), start 0 the negative from
+    # step 0 (2T), start 2 two CFG-off steps (1 evaluation each) and then T - 2 CFG steps.
+    assert result.model_evaluations == 2 * T + 2 * T + (2 * 1 + 2 * (T - 2))

@@ -74,6 +74,7 @@ def add_sweep_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--window", nargs=2, type=int, action="append", default=[], metavar=("START", "END"),
                    help="a column with the negative acting in [START, END) (repeatable)")
     p.add_argument("--seeds", default="0", help="0,1,2 or 0:8")
+    p.add_argument("--cfg-off", action="store_true", help="no CFG while a column's negative is off (one model evaluation)")
     p.add_argument("--concept", default=None, help="what the detector looks for, e.g. 'red circle'")
     p.add_argument("--detector", default="toy", choices=["toy", "clip"])
     p.add_argument("--clip-model", default=None, help="a local CLIPModel folder (with its tokenizer) for --detector clip")
@@ -120,6 +121,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         windows=windows,
         num_inference_steps=args.steps,
         guidance_scale=args.guidance_scale,
+        cfg_off=args.cfg_off,
         concept=args.concept,
         detector=args.detector,
         batch_branches=args.batch_branches,

@@ -36,6 +36,7 @@ class SweepConfig:
     windows: tuple[tuple[int, int], ...] = ()  # further columns: the negative acting in [s, e)
     num_inference_steps: int = 20  # T
     guidance_scale: float = 7.5
+    cfg_off: bool = False  # columns run without CFG while their negative is off (A1111's "Skip Early CFG")
     concept: str | None = None  # what the detector looks for; None: no removal metrics
     detector: str = "toy"  # "toy" (exact, toy world) or "clip" (give the CLIP model to sweep())
     batch_branches: bool = False  # one UNet call per pass for all branches (not bit-exact; see engine.py)
@@ -45,9 +46,10 @@ class SweepConfig:
         return [NONE] + [column_label(k) for k in self.starts] + [column_label(w) for w in self.windows]
 
     def runs(self) -> list[Run]:
+        # The first column is always the stock no-negative image (CFG with the empty prompt).
         runs = [Run()]
-        runs += [Run(self.negative_prompt, int(k)) for k in self.starts]
-        runs += [Run(self.negative_prompt, int(s), int(e)) for s, e in self.windows]
+        runs += [Run(self.negative_prompt, int(k), cfg_off=self.cfg_off) for k in self.starts]
+        runs += [Run(self.negative_prompt, int(s), int(e), cfg_off=self.cfg_off) for s, e in self.windows]
         return runs
 
     def units(self) -> list[tuple[int, int]]:
@@ -316,6 +318,7 @@ def sweep(
     num_inference_steps: int = 20,
     windows: Iterable[tuple[int, int]] = (),
     guidance_scale: float = 7.5,
+    cfg_off: bool = False,
     concept: str | None = None,
     detector: str = "toy",
     out: str | os.PathLike | None = None,
@@ -327,7 +330,9 @@ def sweep(
     """Sweep the step where ``negative_prompt`` starts, for every prompt and seed.
 
     ``starts`` defaults to every step ``range(num_inference_steps)`` (unless ``windows`` are given);
-    ``windows`` add columns with the negative acting in ``[s, e)``. ``concept`` turns on removal
+    ``windows`` add columns with the negative acting in ``[s, e)``. ``cfg_off``: those columns run
+    without CFG while their negative is off (the first column stays the stock no-negative image).
+    ``concept`` turns on removal
     and reverse-activation metrics through ``detector`` ("toy", or "clip" with
     ``clip=dict(model=CLIPModel, tokenizer=...)``). ``out``: a folder to store every image and
     record in as it finishes (a rerun resumes) and to write the results and report to.
@@ -346,6 +351,7 @@ def sweep(
         windows=windows,
         num_inference_steps=num_inference_steps,
         guidance_scale=float(guidance_scale),
+        cfg_off=bool(cfg_off),
         concept=concept,
         detector=detector,
         batch_branches=batch_branches,
