@@ -80,3 +80,21 @@ def test_cli_removal_curve_with_a_clip_model_folder(tmp_path, tiny_sd):
     data = json.loads((out / "curve.json").read_text())
     assert data["model_evaluations"] > 0 and len(data["seeds"]) == 2
     assert (out / "curve.png").exists()
+
+
+def test_toy_detector_and_object_preservation_on_rendered_scenes():
+    toyworld = pytest.importorskip("negschedule.toyworld")
+    from negschedule.experiments.metrics import objects_preserved
+
+    scenes = [toyworld.make_scene(seed) for seed in range(3, 9)]
+    for scene in scenes:
+        image = toyworld.render(scene)
+        for obj in scene.objects:
+            assert ToyDetector(obj.name)(image) is True
+        found = ToyDetector("red circle").objects(image)
+        assert found is not None and objects_preserved(found, found, None) in (1.0, None)
+    # An empty picture of another scene's background keeps none of a scene's objects.
+    image = toyworld.render(scenes[0])
+    empty = Image.new("RGB", image.size, tuple(int(v) for v in scenes[0].background))
+    kept = objects_preserved(toyworld.detect(image), toyworld.detect(empty), None)
+    assert kept == 0.0
