@@ -30,6 +30,9 @@ def test_search_finds_the_first_removing_length_with_few_questions():
     assert search_lengths(range(T), T, removes) == truth
     assert sum(asked) < 100 < T * (T + 1) // 2  # about log2(T - s) + 1 questions per start, not T - s
     assert len(asked) <= 6  # rounds: one for L = T - s, then ceil(log2(T)) halvings
+    from negschedule.experiments.removal import rounds_bound
+
+    assert 1 + len(asked) <= rounds_bound(T)  # the baseline, then the rounds above
 
 
 def test_curve_equals_exhaustive_scan_on_the_tiny_pipeline(tiny_sd, tmp_path):
@@ -40,7 +43,7 @@ def test_curve_equals_exhaustive_scan_on_the_tiny_pipeline(tiny_sd, tmp_path):
     # The threshold is chosen so that start 1 needs 3 steps here: a real binary search, not a first hit.
     detector = lambda image: ssim(image, baseline) > 0.99926  # noqa: E731
     curve = removal_curve(tiny_sd, prompt=PROMPT, negative_prompt=NEG, concept="cat", detector=detector, seeds=[0],
-                          num_inference_steps=T, verify=True, out=tmp_path)
+                          num_inference_steps=T, verify=True, out=tmp_path, progress=True)
     record = curve.records[0]
     assert record["baseline_present"] is True
     table = {}

@@ -169,7 +169,8 @@ def cmd_removal_curve(args: argparse.Namespace) -> int:
         raise InputError("out", str(out), "exists and is not a folder")
     clip = clip_detector_parts(args)
     pipe = load_model(args)
-    curve = run_removal_curve(pipe, config, out=out, clip=clip, context={"model": args.model, "model_config": args.config})
+    curve = run_removal_curve(pipe, config, out=out, clip=clip, context={"model": args.model, "model_config": args.config},
+                              progress=not args.no_progress)
     write_removal_curve(curve, out)
     data = curve.to_json()
     print(f"{out / 'report.html'}: critical step {data['critical_step']}; {curve.runs_sampled} runs "
@@ -216,7 +217,8 @@ def register(subparsers) -> None:
     curve.add_argument("--detector", default="toy", choices=["toy", "clip"])
     curve.add_argument("--clip-model", default=None, help="a local CLIPModel folder (with its tokenizer) for --detector clip")
     curve.add_argument("--verify", action="store_true", help="also run every window and check monotonicity")
-    curve.add_argument("--out", required=True)
+    curve.add_argument("--out", required=True, help="folder for curve.json, curve.png, report.html (a rerun resumes)")
+    curve.add_argument("--no-progress", action="store_true")
     add_model_flags(curve)
     curve.set_defaults(func=cmd_removal_curve)
     att = subparsers.add_parser("attention", help="per-step cross-attention heatmaps of prompt and negative-prompt words")

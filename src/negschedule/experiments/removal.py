@@ -151,13 +151,15 @@ def _window(negative_prompt: str, s: int, L: int, T: int) -> Run:
     return Run(negative_prompt, s, None if s + L >= T else s + L)
 
 
-def _curve_for_seed(engine: Engine, config: RemovalConfig, seed: int, detector) -> dict[str, Any]:
+def _curve_for_seed(engine: Engine, config: RemovalConfig, seed: int, detector,
+                    on_round: Callable[[], None] = lambda: None) -> dict[str, Any]:
     T = config.num_inference_steps
     starts = config.all_starts()
     before = engine.model_evaluations
     tested: dict[tuple[int, int], bool] = {}
 
     baseline = engine.sample([Run()], [seed]).image(seed, 0)[0]
+    on_round()
     baseline_present = bool(detector(baseline))
 
     def removes(pairs: list[tuple[int, int]]) -> dict[tuple[int, int], bool]:
@@ -166,6 +168,7 @@ def _curve_for_seed(engine: Engine, config: RemovalConfig, seed: int, detector) 
             result = engine.sample([_window(config.negative_prompt, s, L, T) for s, L in new], [seed])
             for r, pair in enumerate(new):
                 tested[pair] = not detector(result.image(seed, r)[0])
+            on_round()
         return {p: tested[p] for p in pairs}
 
     lengths: dict[int, int | None] = {s: None for s in starts}
@@ -194,8 +197,14 @@ def _curve_for_seed(engine: Engine, config: RemovalConfig, seed: int, detector) 
     }
 
 
+def rounds_bound(num_inference_steps: int, verify: bool = False) -> int:
+    """Engine calls per seed at most: the baseline, L = T - s for every start, the halvings (and the check)."""
+    return 2 + max(1, num_inference_steps - 1).bit_length() + int(verify)
+
+
 def run_removal_curve(pipe, config: RemovalConfig, out: str | os.PathLike | None = None, detector=None,
-                      clip: dict[str, Any] | None = None, context: dict[str, Any] | None = None) -> RemovalCurve:
+                      clip: dict[str, Any] | None = None, context: dict[str, Any] | None = None,
+                      progress: bool = False) -> RemovalCurve:
     """Measure (or resume) the removal curve of ``config``; with ``out``, each seed is stored as it finishes."""
     from ..schedulers import scheduler_name
     from .detectors import make_detector
@@ -211,6 +220,14 @@ def run_removal_curve(pipe, config: RemovalConfig, out: str | os.PathLike | None
                     "pipeline_class": type(pipe).__name__, "scheduler": scheduler_name(pipe.scheduler), **(context or {})})
     records = []
     engine = None
+    todo = [seed for seed in config.seeds if store is None or not store.done(f"seed{seed}")]
+    bar = None
+    if progress and todo:
+        from tqdm.auto import tqdm
+
+        # Rounds of the search are what advance; their number per seed is bounded, so the ETA holds.
+        per_seed = rounds_bound(config.num_inference_steps, config.verify)
+        bar = tqdm(total=len(todo) * per_seed, unit="round", desc="removal curve", dynamic_ncols=True)
     for seed in config.seeds:
         name = f"seed{seed}"
         if store is not None and store.done(name):
@@ -222,10 +239,21 @@ def run_removal_curve(pipe, config: RemovalConfig, out: str | os.PathLike | None
                             output_type="pil", **config.pipeline)
             engine.step_keys(_window(config.negative_prompt, 0, 1, config.num_inference_steps))  # bad input fails now
         engine.clear_cache()  # states of another seed are never reused; keep memory to one seed's
-        record = _curve_for_seed(engine, config, seed, detector)
+        rounds = [0]
+
+        def on_round() -> None:
+            rounds[0] += 1
+            if bar is not None:
+                bar.update(1)
+
+        record = _curve_for_seed(engine, config, seed, detector, on_round)
+        if bar is not None:
+            bar.update(max(0, rounds_bound(config.num_inference_steps, config.verify) - rounds[0]))
         if store is not None:
             store.commit(name, record)
         records.append(record)
+    if bar is not None:
+        bar.close()
     return RemovalCurve(config, records)
 
 
@@ -242,6 +270,7 @@ def removal_curve(
     detector: str | Callable = "toy",
     verify: bool = False,
     out: str | os.PathLike | None = None,
+    progress: bool = False,
     clip: dict[str, Any] | None = None,
     **pipeline_kwargs: Any,
 ) -> RemovalCurve:
@@ -264,7 +293,8 @@ def removal_curve(
         verify=verify,
         pipeline=dict(pipeline_kwargs),
     )
-    result = run_removal_curve(pipe, config, out=out, detector=None if isinstance(detector, str) else detector, clip=clip)
+    result = run_removal_curve(pipe, config, out=out, detector=None if isinstance(detector, str) else detector, clip=clip,
+                               progress=progress)
     if out is not None:
         from .report import write_removal_curve
 
