@@ -6,9 +6,11 @@ every no-negative prefix, about 2(T + T(T+1)/2) evaluations in all. Runs alterna
 loop, sweep, ...) so machine noise hits both alike; the figure is the ratio of medians of wall
 time. Target: <= 0.6. Peak memory is measured in a fresh child process per mode (peak resident
 set on CPU, next to a process that only loads the model; peak allocated CUDA memory on a GPU), so
-the modes do not share one high-water mark.
+the modes do not share one high-water mark. ``--batched`` also times the engine's two batching
+modes: ``calibrated`` (groups of branches per UNet call, in sizes checked bit-identical here) and
+``all`` (one call per pass, equal to ~1e-6 only).
 
-    python benchmarks/bench_sweep.py [--model PATH] [--steps 20] [--repeats 5] [--device cuda]
+    python benchmarks/bench_sweep.py [--model PATH] [--steps 20] [--repeats 5] [--batched] [--device cuda]
 """
 
 from __future__ import annotations
@@ -46,11 +48,11 @@ def loop(pipe, steps: int, output_type: str):
     return images, (steps + 1) * 2 * steps
 
 
-def sweep(pipe, steps: int, output_type: str, batch_branches: bool = False):
+def sweep(pipe, steps: int, output_type: str, batching: str = "per_branch"):
     """The engine: the same images from one sweep."""
-    from negschedule.engine import Engine, EngineConfig, start_sweep_runs
+    from negschedule.engine import Batching, Engine, EngineConfig, start_sweep_runs
 
-    engine = Engine(pipe, EngineConfig(batch_branches=batch_branches), prompt=PROMPT, num_inference_steps=steps,
+    engine = Engine(pipe, EngineConfig(batching=Batching(batching)), prompt=PROMPT, num_inference_steps=steps,
                     output_type=output_type)
     result = engine.sample(start_sweep_runs(NEGATIVE, range(steps), steps), [0])
     return [result.image(0, r)[0] for r in range(steps + 1)], result.model_evaluations
@@ -90,7 +92,7 @@ def child(args) -> None:
     if args.child == "loop":
         loop(pipe, args.steps, args.output_type)
     elif args.child != "load":
-        sweep(pipe, args.steps, args.output_type, batch_branches=args.child == "sweep_batched")
+        sweep(pipe, args.steps, args.output_type, batching=args.child.removeprefix("sweep_") if "_" in args.child else "per_branch")
     if cuda:
         print(torch.cuda.max_memory_allocated() / 2**20)
     elif reset:
@@ -108,7 +110,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--output-type", default="pil", help="'latent' leaves the VAE out of both timings")
     parser.add_argument("--device", default=None, help="e.g. cuda; default: where the model loads")
-    parser.add_argument("--batched", action="store_true", help="also time EngineConfig(batch_branches=True)")
+    parser.add_argument("--batched", action="store_true",
+                        help="also time Batching.CALIBRATED (bit-exact where checked) and Batching.ALL (~1e-6)")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -120,7 +123,8 @@ def main() -> None:
     images, sweep_evals = sweep(pipe, T, args.output_type)
     modes = {"loop": lambda: loop(pipe, T, args.output_type), "sweep": lambda: sweep(pipe, T, args.output_type)}
     if args.batched:
-        modes["sweep_batched"] = lambda: sweep(pipe, T, args.output_type, batch_branches=True)
+        modes["sweep_calibrated"] = lambda: sweep(pipe, T, args.output_type, batching="calibrated")
+        modes["sweep_all"] = lambda: sweep(pipe, T, args.output_type, batching="all")
     times = {name: [] for name in modes}
     sync = torch.cuda.synchronize if args.device and args.device.startswith("cuda") else (lambda: None)
     for _ in range(args.repeats):
@@ -148,7 +152,10 @@ def main() -> None:
         "torch_threads": torch.get_num_threads(),
     }
     if args.batched:
-        result["ratio_of_medians_batched"] = med["sweep_batched"] / med["loop"]
+        calibrated, _ = sweep(pipe, T, args.output_type, batching="calibrated")
+        result["bit_identical_calibrated"] = _same(calibrated, reference)
+        result["ratio_of_medians_calibrated"] = med["sweep_calibrated"] / med["loop"]
+        result["ratio_of_medians_all"] = med["sweep_all"] / med["loop"]
     print(json.dumps(result, indent=2))
 
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from negschedule import generate
-from negschedule.engine import Engine, EngineConfig, Run, sample_runs, start_sweep_runs
+from negschedule.engine import Batching, Engine, EngineConfig, Run, sample_runs, start_sweep_runs
 from negschedule.errors import InputError
 from negschedule.schedulers import SCHEDULERS as SCHEDULER_TABLE
 from negschedule.schedulers import set_scheduler
@@ -35,10 +35,12 @@ RUNS = start_sweep_runs(NEG, range(N), N) + [
 ]
 
 
+@pytest.mark.parametrize("batching", [Batching.PER_BRANCH, Batching.CALIBRATED], ids=lambda b: b.value)
 @pytest.mark.parametrize("name, overrides", SCHEDULERS, ids=lambda p: p if isinstance(p, str) else ("skip_prk" if p else ""))
-def test_every_run_equals_an_independent_generate_call(tiny_sd, name, overrides):
+def test_every_run_equals_an_independent_generate_call(tiny_sd, name, overrides, batching):
     set_scheduler(tiny_sd, name, **overrides)
-    result = sample_runs(tiny_sd, RUNS, seeds=[7, 8], prompt=PROMPT, num_inference_steps=N, output_type="latent")
+    result = sample_runs(tiny_sd, RUNS, seeds=[7, 8], config=EngineConfig(batching=batching), prompt=PROMPT,
+                         num_inference_steps=N, output_type="latent")
     for seed in (7, 8):
         for r, run in enumerate(RUNS):
             assert torch.equal(result.image(seed, r), reference(tiny_sd, run, seed)), f"{name} seed {seed} {run}"
@@ -107,11 +109,32 @@ def test_batched_branches_are_close_and_make_one_call_per_pass(tiny_sd):
     set_scheduler(tiny_sd, "dpmpp_2m")
     runs = start_sweep_runs(NEG, range(N), N)
     exact = sample_runs(tiny_sd, runs, seeds=[0], prompt=PROMPT, num_inference_steps=N, output_type="latent")
-    batched = sample_runs(tiny_sd, runs, seeds=[0], config=EngineConfig(batch_branches=True), prompt=PROMPT,
+    batched = sample_runs(tiny_sd, runs, seeds=[0], config=EngineConfig(batching=Batching.ALL), prompt=PROMPT,
                           num_inference_steps=N, output_type="latent")
     assert batched.unet_calls == N and batched.model_evaluations == exact.model_evaluations
     for r in range(len(runs)):
         torch.testing.assert_close(batched.image(0, r), exact.image(0, r), rtol=1e-4, atol=1e-4)
+
+
+def test_calibrated_batching_groups_branches_and_counts_its_checks(tiny_sd):
+    set_scheduler(tiny_sd, "dpmpp_2m")
+    T = 8
+    runs = start_sweep_runs(NEG, range(T), T)
+    exact = sample_runs(tiny_sd, runs, seeds=[0], prompt=PROMPT, num_inference_steps=T, output_type="latent")
+    calibrated = sample_runs(tiny_sd, runs, seeds=[0], config=EngineConfig(batching=Batching.CALIBRATED), prompt=PROMPT,
+                             num_inference_steps=T, output_type="latent")
+    for r in range(len(runs)):
+        assert torch.equal(calibrated.image(0, r), exact.image(0, r))
+    assert calibrated.model_evaluations == exact.model_evaluations
+    assert calibrated.calibration_evaluations > 0
+    # Fewer calls than one per branch and pass (grouped), more than one per pass (checked sizes only).
+    assert T < calibrated.unet_calls < exact.unet_calls
+
+
+def test_unknown_batching_is_refused(tiny_sd):
+    with pytest.raises(InputError) as err:
+        Engine(tiny_sd, EngineConfig(batching="fast"), prompt=PROMPT, num_inference_steps=N)
+    assert err.value.argument == "batching"
 
 
 def test_prefix_cache_resumes_later_calls(tiny_sd):

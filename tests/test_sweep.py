@@ -51,6 +51,15 @@ def test_sweep_images_equal_generate_and_count_shared_evaluations(tiny_sd):
     assert result.independent_evaluations == 2 * 2 * T * (T + 1)
 
 
+def test_calibrated_batching_gives_the_same_sweep(tiny_sd):
+    set_scheduler(tiny_sd, "euler_a")
+    kw = dict(prompt=PROMPT, negative_prompt=NEG, starts=range(T), seeds=[0], num_inference_steps=T)
+    exact, calibrated = sweep(tiny_sd, **kw), sweep(tiny_sd, batching="calibrated", **kw)
+    for start in [None, *range(T)]:
+        assert np.array_equal(pixels(exact.image(0, start)), pixels(calibrated.image(0, start)))
+    assert calibrated.model_evaluations == exact.model_evaluations
+
+
 def test_windows_and_several_prompts(tiny_sd):
     set_scheduler(tiny_sd, "euler")
     prompts = [PROMPT, "a green dog"]
@@ -171,6 +180,7 @@ def test_rerun_in_same_folder_with_other_settings_is_refused(tiny_sd, tmp_path):
         (dict(num_inference_steps=0), "num_inference_steps"),
         (dict(concept="red circle", detector="owl"), "detector"),
         (dict(num_images_per_prompt=2), "num_images_per_prompt"),
+        (dict(batching="fast"), "batching"),
         (dict(not_an_argument=1), "not_an_argument"),
     ],
 )

@@ -78,7 +78,8 @@ def add_sweep_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--concept", default=None, help="what the detector looks for, e.g. 'red circle'")
     p.add_argument("--detector", default="toy", choices=["toy", "clip"])
     p.add_argument("--clip-model", default=None, help="a local CLIPModel folder (with its tokenizer) for --detector clip")
-    p.add_argument("--batch-branches", action="store_true", help="one UNet call per pass for all branches (faster, not bit-exact)")
+    p.add_argument("--batching", default="per_branch", choices=["per_branch", "calibrated", "all"],
+                   help="how branches share UNet calls: per_branch and calibrated are bit-exact, all is fastest (~1e-6)")
     p.add_argument("--out", required=True, help="folder for images, results.json, report.html (a rerun resumes)")
     p.add_argument("--no-progress", action="store_true")
     add_model_flags(p)
@@ -124,7 +125,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         cfg_off=args.cfg_off,
         concept=args.concept,
         detector=args.detector,
-        batch_branches=args.batch_branches,
+        batching=args.batching,
         pipeline=pipeline,
     )
     config.validate()  # before the model loads
