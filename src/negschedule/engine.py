@@ -53,7 +53,7 @@ from __future__ import annotations
 import copy
 import enum
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import torch
