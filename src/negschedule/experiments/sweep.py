@@ -12,6 +12,7 @@ of sharing the work between processes (``accelerate launch``: process ``i`` of `
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -103,6 +104,7 @@ class SweepResult:
     records: list[dict[str, Any]]  # one per unit, in config.units() order
     store: ResultStore | None = None
     computed_units: list[str] = field(default_factory=list)  # sampled by this call (not resumed)
+    settings: dict[str, Any] | None = None  # the config plus the pipeline, scheduler and context it ran with
     _images: dict[tuple[int, int, str], Any] = field(default_factory=dict, repr=False)
 
     @property
@@ -143,7 +145,7 @@ class SweepResult:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "settings": settings_of(self.config),
+            "settings": self.settings or settings_of(self.config),
             "columns": self.columns,
             "model_evaluations": self.model_evaluations,
             "independent_evaluations": self.independent_evaluations,
@@ -209,9 +211,9 @@ def run_sweep(pipe, config: SweepConfig, out: str | os.PathLike | None = None, p
     index, count, state = _shard()
     if count > 1 and store is None:
         raise InputError("out", None, "a sweep shared between processes needs an output folder to merge in")
+    settings = {**settings_of(config), "pipeline_class": type(pipe).__name__,
+                "scheduler": scheduler_name(pipe.scheduler), **(context or {})}
     if store is not None:
-        settings = {**settings_of(config), "pipeline_class": type(pipe).__name__,
-                    "scheduler": scheduler_name(pipe.scheduler), **(context or {})}
         if index == 0:
             store.open(settings)
         if state is not None:
@@ -246,7 +248,7 @@ def run_sweep(pipe, config: SweepConfig, out: str | os.PathLike | None = None, p
 
         total = sum(engine_for(p).planned_evaluations(runs, [seed])[0] for p, seed in todo)
         bar = tqdm(total=total, unit="eval", desc="sweep", dynamic_ncols=True)
-    result = SweepResult(config, [], store)
+    result = SweepResult(config, [], store, settings=json.loads(json.dumps(settings)))
     columns = config.columns()
     try:
         for p, seed in todo:
