@@ -21,6 +21,7 @@ The result says how many runs and model evaluations it took, next to the exhaust
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -97,6 +98,7 @@ class RemovalCurve:
 
     config: RemovalConfig
     records: list[dict[str, Any]]  # one per seed
+    settings: dict[str, Any] | None = None  # the config plus the pipeline, scheduler and context it ran with
 
     def lengths(self, seed: int) -> dict[int, int | None]:
         record = next(r for r in self.records if r["seed"] == seed)
@@ -131,8 +133,7 @@ class RemovalCurve:
         return sum(r["exhaustive_evaluations"] for r in self.records)
 
     def to_json(self) -> dict[str, Any]:
-        settings = asdict(self.config)
-        settings["seeds"], settings["starts"] = list(self.config.seeds), list(self.config.starts)
+        settings = self.settings or _settings_of(self.config)
         mean = self.mean_lengths()
         defined = [(v, s) for s, v in mean.items() if v is not None]
         return {
@@ -145,6 +146,12 @@ class RemovalCurve:
             "critical_step": min(defined)[1] if defined else None,
             "seeds": self.records,
         }
+
+
+def _settings_of(config: RemovalConfig) -> dict[str, Any]:
+    settings = asdict(config)
+    settings["seeds"], settings["starts"] = list(config.seeds), list(config.starts)
+    return settings
 
 
 def _window(negative_prompt: str, s: int, L: int, T: int) -> Run:
@@ -215,9 +222,10 @@ def run_removal_curve(pipe, config: RemovalConfig, out: str | os.PathLike | None
     elif not callable(detector):
         raise InputError("detector", detector, "must be callable: image -> bool (concept present)")
     store = ResultStore(out) if out is not None else None
+    settings = {**_settings_of(config), "pipeline_class": type(pipe).__name__,
+                "scheduler": scheduler_name(pipe.scheduler), **(context or {})}
     if store is not None:
-        store.open({**asdict(config), "seeds": list(config.seeds), "starts": list(config.starts),
-                    "pipeline_class": type(pipe).__name__, "scheduler": scheduler_name(pipe.scheduler), **(context or {})})
+        store.open(settings)
     records = []
     engine = None
     todo = [seed for seed in config.seeds if store is None or not store.done(f"seed{seed}")]
@@ -254,7 +262,7 @@ def run_removal_curve(pipe, config: RemovalConfig, out: str | os.PathLike | None
         records.append(record)
     if bar is not None:
         bar.close()
-    return RemovalCurve(config, records)
+    return RemovalCurve(config, records, settings=json.loads(json.dumps(settings)))
 
 
 def removal_curve(
