@@ -90,3 +90,17 @@ def test_bad_input(tiny_sd):
     with pytest.raises(InputError) as err:
         removal_curve(tiny_sd, prompt=PROMPT, negative_prompt=NEG, concept="cat", detector="owl", num_inference_steps=5)
     assert err.value.argument == "detector"
+
+
+def test_rerun_resumes_per_seed(tiny_sd, tmp_path):
+    set_scheduler(tiny_sd, "ddim")
+    T = 4
+    kw = dict(prompt=PROMPT, negative_prompt=NEG, concept="cat", detector=lambda image: False, seeds=[0, 1],
+              num_inference_steps=T, out=tmp_path)
+    removal_curve(tiny_sd, **kw)
+    first = (tmp_path / "curve.json").read_bytes()
+    kept = (tmp_path / "units" / "seed0.json").stat().st_mtime_ns
+    (tmp_path / "units" / "seed1.json").unlink()  # as if killed before seed 1 finished
+    removal_curve(tiny_sd, **kw)
+    assert (tmp_path / "units" / "seed0.json").stat().st_mtime_ns == kept
+    assert (tmp_path / "curve.json").read_bytes() == first
