@@ -131,6 +131,15 @@ def test_calibrated_batching_groups_branches_and_counts_its_checks(tiny_sd):
     assert T < calibrated.unet_calls < exact.unet_calls
 
 
+def test_other_pipelines_are_refused(tiny_sd):
+    from diffusers import StableDiffusionImg2ImgPipeline
+
+    img2img = StableDiffusionImg2ImgPipeline(**tiny_sd.components)
+    with pytest.raises(InputError) as err:
+        Engine(img2img, prompt=PROMPT, num_inference_steps=N)
+    assert err.value.argument == "pipe"
+
+
 def test_unknown_batching_is_refused(tiny_sd):
     with pytest.raises(InputError) as err:
         Engine(tiny_sd, EngineConfig(batching="fast"), prompt=PROMPT, num_inference_steps=N)

@@ -185,6 +185,11 @@ class Engine:
     """
 
     def __init__(self, pipe, config: EngineConfig | None = None, **pipeline_kwargs: Any):
+        from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+        # The loop below is those two pipelines' loop; others (img2img, inpainting, ...) differ in it.
+        if not isinstance(pipe, (StableDiffusionPipeline, StableDiffusionXLPipeline)):
+            raise InputError("pipe", type(pipe).__name__, "the engine drives text-to-image SD and SDXL pipelines only")
         self.pipe = pipe
         self.config = config or EngineConfig()
         unknown = sorted(set(pipeline_kwargs) - _SUPPORTED)
