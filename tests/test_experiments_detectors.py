@@ -82,6 +82,15 @@ def test_cli_removal_curve_with_a_clip_model_folder(tmp_path, tiny_sd):
     assert (out / "curve.png").exists()
 
 
+def test_toy_detector_refuses_words_outside_the_toy_world_before_any_work(tiny_sd):
+    pytest.importorskip("negschedule.toyworld")
+    from negschedule.experiments import sweep
+
+    with pytest.raises(InputError) as err:
+        sweep(tiny_sd, prompt="a red cat", negative_prompt="cat", starts=[1], seeds=[0], num_inference_steps=3, concept="cat")
+    assert err.value.argument == "concept"
+
+
 def test_toy_detector_and_object_preservation_on_rendered_scenes():
     toyworld = pytest.importorskip("negschedule.toyworld")
     from negschedule.experiments.metrics import objects_preserved

@@ -33,6 +33,13 @@ class ToyDetector:
 
         self.concept = concept
         self._present = present
+        # A concept the toy world has no word for must fail now, not after the sampling.
+        from PIL import Image
+
+        try:
+            present(Image.new("RGB", (32, 32)), concept)
+        except InputError as err:
+            raise InputError("concept", concept, err.reason) from None
 
     def __call__(self, image) -> bool:
         return bool(self._present(image, self.concept))
