@@ -307,3 +307,13 @@ def test_cfg_off_columns_equal_generate_with_cfg_off(tiny_sd):
     # No prefix is shared: the no-negative column runs CFG from step 0 (2T), start 0 the negative from
     # step 0 (2T), start 2 two CFG-off steps (1 evaluation each) and then T - 2 CFG steps.
     assert result.model_evaluations == 2 * T + 2 * T + (2 * 1 + 2 * (T - 2))
+
+
+def test_sdxl_sweep(tiny_sdxl, tmp_path):
+    set_scheduler(tiny_sdxl, "euler")
+    result = sweep(tiny_sdxl, prompt=PROMPT, negative_prompt=NEG, starts=[0, 2], seeds=[0], num_inference_steps=T,
+                   height=32, width=32, out=tmp_path)
+    expected = generate(tiny_sdxl, prompt=PROMPT, negative_prompt=NEG, negative_start=2, num_inference_steps=T,
+                        height=32, width=32, generator=torch.Generator().manual_seed(0)).images[0]
+    assert np.array_equal(pixels(result.image(0, 2)), pixels(expected))
+    assert json.loads((tmp_path / "results.json").read_text())["settings"]["pipeline_class"] == "StableDiffusionXLPipeline"
