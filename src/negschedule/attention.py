@@ -246,7 +246,7 @@ def attention_maps(
     negative_end: int | float | None = None,
     seed: int = 0,
     num_inference_steps: int = 20,
-    guidance_scale: float = 7.5,
+    guidance_scale: float | None = None,
     **pipeline_kwargs: Any,
 ) -> AttentionMaps:
     """Sample one run (the same image ``generate()`` gives for these arguments) and capture its cross-attention.
@@ -264,8 +264,9 @@ def attention_maps(
         raise InputError("negative_tokens", list(negative_tokens), "need a negative_prompt")
     if pipeline_kwargs.get("num_images_per_prompt", 1) != 1:
         raise InputError("num_images_per_prompt", pipeline_kwargs["num_images_per_prompt"], "attention maps are taken for one image")
-    engine = Engine(pipe, prompt=prompt, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
-                    output_type="pil", **pipeline_kwargs)
+    guidance = {} if guidance_scale is None else {"guidance_scale": guidance_scale}  # None: the pipeline's default
+    engine = Engine(pipe, prompt=prompt, num_inference_steps=num_inference_steps, output_type="pil", **guidance,
+                    **pipeline_kwargs)
     run = Run(negative_prompt, negative_start, negative_end)
     keys = engine.step_keys(run)
     tokenizer = pipe.tokenizer
@@ -309,7 +310,7 @@ def attention_maps(
         active[label] = flags
     settings = dict(prompt=prompt, tokens=list(tokens), negative_prompt=negative_prompt, negative_tokens=list(negative_tokens),
                     negative_start=negative_start, negative_end=negative_end, seed=seed,
-                    num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, **pipeline_kwargs)
+                    num_inference_steps=num_inference_steps, guidance_scale=engine.guidance_scale, **pipeline_kwargs)
     return AttentionMaps(maps=maps, active=active, image=image, steps=num_inference_steps, settings=settings)
 
 

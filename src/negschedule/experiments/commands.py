@@ -61,6 +61,7 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", default=None, help="local diffusers config folder for a single-file checkpoint")
     p.add_argument("--scheduler", default=None, help="ddim|ddpm|euler|euler_a|dpmpp_2m|lms|pndm|heun")
     p.add_argument("--steps", type=int, default=20, help="num_inference_steps (T)")
+    # 7.5 like `negschedule generate`; the Python API defaults to the pipeline's own (SDXL: 5).
     p.add_argument("--guidance-scale", "--cfg-scale", type=float, default=7.5, dest="guidance_scale")
     p.add_argument("--height", type=int, default=None)
     p.add_argument("--width", type=int, default=None)

@@ -30,6 +30,7 @@ from typing import Any, Callable, Sequence
 from ..engine import Engine, EngineConfig, Run
 from ..errors import InputError
 from .store import ResultStore
+from .sweep import _guidance
 
 
 @dataclass(frozen=True)
@@ -42,7 +43,7 @@ class RemovalConfig:
     seeds: tuple[int, ...] = (0,)
     starts: tuple[int, ...] = ()  # the starts s to measure; () = every step 0..T-1
     num_inference_steps: int = 20
-    guidance_scale: float = 7.5
+    guidance_scale: float | None = None  # None: the pipeline's own default, as generate() uses
     detector: str = "toy"  # "toy" or "clip"
     verify: bool = False  # also run every window and check that removal is monotone in L
     pipeline: dict = field(default_factory=dict)  # further pipeline keywords (height, width, ...)
@@ -243,8 +244,8 @@ def run_removal_curve(pipe, config: RemovalConfig, out: str | os.PathLike | None
             continue
         if engine is None:
             engine = Engine(pipe, EngineConfig(cache_prefixes=True), prompt=config.prompt,
-                            num_inference_steps=config.num_inference_steps, guidance_scale=config.guidance_scale,
-                            output_type="pil", **config.pipeline)
+                            num_inference_steps=config.num_inference_steps,
+                            output_type="pil", **_guidance(config.guidance_scale), **config.pipeline)
             engine.step_keys(_window(config.negative_prompt, 0, 1, config.num_inference_steps))  # bad input fails now
         engine.clear_cache()  # states of another seed are never reused; keep memory to one seed's
         rounds = [0]
@@ -274,7 +275,7 @@ def removal_curve(
     seeds: Sequence[int] = (0,),
     starts: Sequence[int] | None = None,
     num_inference_steps: int = 20,
-    guidance_scale: float = 7.5,
+    guidance_scale: float | None = None,
     detector: str | Callable = "toy",
     verify: bool = False,
     out: str | os.PathLike | None = None,
@@ -296,7 +297,7 @@ def removal_curve(
         seeds=tuple(seeds),
         starts=tuple(starts or ()),
         num_inference_steps=num_inference_steps,
-        guidance_scale=float(guidance_scale),
+        guidance_scale=None if guidance_scale is None else float(guidance_scale),
         detector=detector if isinstance(detector, str) else "callable",
         verify=verify,
         pipeline=dict(pipeline_kwargs),

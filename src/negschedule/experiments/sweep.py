@@ -36,7 +36,7 @@ class SweepConfig:
     starts: tuple[int, ...] = ()  # columns: the negative acting in [k, T) for each k
     windows: tuple[tuple[int, int], ...] = ()  # further columns: the negative acting in [s, e)
     num_inference_steps: int = 20  # T
-    guidance_scale: float = 7.5
+    guidance_scale: float | None = None  # None: the pipeline's own default, as generate() uses
     cfg_off: bool = False  # columns run without CFG while their negative is off (A1111's "Skip Early CFG")
     concept: str | None = None  # what the detector looks for; None: no removal metrics
     detector: str = "toy"  # "toy" (exact, toy world) or "clip" (give the CLIP model to sweep())
@@ -81,6 +81,11 @@ class SweepConfig:
             raise InputError("batching", self.batching, f"choose one of {', '.join(b.value for b in Batching)}")
         if self.pipeline.get("num_images_per_prompt", 1) != 1:
             raise InputError("num_images_per_prompt", self.pipeline["num_images_per_prompt"], "a sweep makes one image per cell")
+
+
+def _guidance(guidance_scale: float | None) -> dict[str, float]:
+    """The guidance keyword for the engine: absent means the pipeline's own default (SDXL's is 5)."""
+    return {} if guidance_scale is None else {"guidance_scale": guidance_scale}
 
 
 def column_label(column: int | tuple[int, int] | None) -> str:
@@ -232,8 +237,8 @@ def run_sweep(pipe, config: SweepConfig, out: str | os.PathLike | None = None, p
                 EngineConfig(batching=Batching(config.batching)),
                 prompt=config.prompts[p],
                 num_inference_steps=config.num_inference_steps,
-                guidance_scale=config.guidance_scale,
                 output_type="pil",
+                **_guidance(config.guidance_scale),
                 **config.pipeline,
             )
         return engines[p]
@@ -321,7 +326,7 @@ def sweep(
     seeds: Iterable[int] = (0,),
     num_inference_steps: int = 20,
     windows: Iterable[tuple[int, int]] = (),
-    guidance_scale: float = 7.5,
+    guidance_scale: float | None = None,
     cfg_off: bool = False,
     concept: str | None = None,
     detector: str = "toy",
@@ -356,7 +361,7 @@ def sweep(
         starts=_as_tuple(starts, "starts"),
         windows=windows,
         num_inference_steps=num_inference_steps,
-        guidance_scale=float(guidance_scale),
+        guidance_scale=None if guidance_scale is None else float(guidance_scale),
         cfg_off=bool(cfg_off),
         concept=concept,
         detector=detector,
