@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -138,11 +139,13 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if state is not None and state.device.type != "cpu":
         pipe.to(state.device)  # one accelerator per process
     context = {"model": args.model, "model_config": args.config}
+    began = time.perf_counter()
     result = run_sweep(pipe, config, out=out, progress=not args.no_progress, clip=clip_detector_parts(args), context=context)
     if _shard()[0] == 0:
         write_sweep(result, out)
         print(f"{out / 'report.html'}: {len(result.records)} units ({len(result.computed_units)} sampled now), "
-              f"{result.model_evaluations} model evaluations ({result.independent_evaluations} as independent runs)")
+              f"{result.model_evaluations} model evaluations ({result.independent_evaluations} as independent runs), "
+              f"{time.perf_counter() - began:.1f} s")
     return 0
 
 
