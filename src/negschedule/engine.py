@@ -60,7 +60,7 @@ import torch
 
 from .conditioning import NegativeEncoder, NegativeKey, is_sdxl
 from .errors import InputError
-from .generate import _ENCODE_ARGS, _call_defaults, _normalize, _plan_encoding, batch_size, plan_negatives
+from .generate import ENCODE_ARGS, call_defaults, normalize_texts, plan_encoding, batch_size, plan_negatives
 from .passes import step_of_passes
 
 # One step's conditioning: the per-prompt negative texts (None = off), whether CFG runs, and whether
@@ -195,7 +195,7 @@ class Engine:
         unknown = sorted(set(pipeline_kwargs) - _SUPPORTED)
         if unknown:
             raise InputError(unknown[0], pipeline_kwargs[unknown[0]], "not supported by the engine (use generate())")
-        defaults = _call_defaults(pipe)
+        defaults = call_defaults(pipe)
         kw = {name: pipeline_kwargs.get(name, defaults.get(name)) for name in _SUPPORTED if name in defaults or name in pipeline_kwargs}
         self.sdxl = is_sdxl(pipe)
         steps = kw.get("num_inference_steps", 50)
@@ -212,12 +212,12 @@ class Engine:
         self.output_type = kw.get("output_type") or "pil"
         self.cross_attention_kwargs = kw.get("cross_attention_kwargs")
         self.num_images_per_prompt = kw.get("num_images_per_prompt") or 1
-        kw["prompt"] = _normalize(pipe, kw["prompt"])
+        kw["prompt"] = normalize_texts(pipe, kw["prompt"])
         if kw.get("prompt_2") is not None:
-            kw["prompt_2"] = _normalize(pipe, kw["prompt_2"])
+            kw["prompt_2"] = normalize_texts(pipe, kw["prompt_2"])
         self.prompt = kw["prompt"]
         self.batch = batch_size(self.prompt, None)
-        # What _plan_encoding decides from: the texts and the encoding arguments of the call.
+        # What plan_encoding decides from: the texts and the encoding arguments of the call.
         self._text_kwargs = {n: kw[n] for n in ("prompt", "prompt_2", "num_images_per_prompt", "clip_skip", "cross_attention_kwargs") if kw.get(n) is not None}
         self._weighted = None  # the WeightedConditioning shared by every A1111-encoded run
         self._modes: dict[frozenset, bool] = {}
@@ -226,8 +226,8 @@ class Engine:
         self._sizes = {n: kw.get(n) for n in ("original_size", "crops_coords_top_left", "target_size")}
 
         plain = dict(self._text_kwargs)
-        _plan_encoding(pipe, plain, [])  # strips A1111 syntax from plain prompts, as generate() does
-        encode_kwargs = {name: plain[name] for name in _ENCODE_ARGS if plain.get(name) is not None}
+        plan_encoding(pipe, plain, [])  # strips A1111 syntax from plain prompts, as generate() does
+        encode_kwargs = {name: plain[name] for name in ENCODE_ARGS if plain.get(name) is not None}
         lora_scale = (self.cross_attention_kwargs or {}).get("scale")
         if lora_scale is not None:
             encode_kwargs["lora_scale"] = lora_scale
@@ -277,17 +277,17 @@ class Engine:
         keys = plan_negatives(
             run.negative_prompt, self.steps, self.batch, run.negative_start, run.negative_end, run.negative_windows
         )
-        keys = [tuple(None if text is None else _normalize(self.pipe, text) for text in key) for key in keys]
+        keys = [tuple(None if text is None else normalize_texts(self.pipe, text) for text in key) for key in keys]
         weighted = self._mode(keys)
         if not weighted:
-            _, keys = _plan_encoding(self.pipe, dict(self._text_kwargs), keys)
+            _, keys = plan_encoding(self.pipe, dict(self._text_kwargs), keys)
         return [(key, not (run.cfg_off and all(t is None for t in key)), weighted) for key in keys]
 
     def _mode(self, keys: list[NegativeKey]) -> bool:
         """Whether generate() would encode a run with these step keys the A1111 way."""
         texts = frozenset(t for key in keys for t in key if t is not None)
         if texts not in self._modes:
-            weighted, _ = _plan_encoding(self.pipe, dict(self._text_kwargs), list(dict.fromkeys(keys)))
+            weighted, _ = plan_encoding(self.pipe, dict(self._text_kwargs), list(dict.fromkeys(keys)))
             if weighted is not None and self._weighted is None:
                 self._weighted = weighted
             self._modes[texts] = weighted is not None

@@ -20,10 +20,10 @@ from .errors import InputError
 from .schedule import NegativeSchedule, NegativeWindow
 
 # The arguments encode_prompt takes from the user's call, so negatives encode in the pipeline's own batch.
-_ENCODE_ARGS = ("prompt", "prompt_2", "prompt_embeds", "pooled_prompt_embeds", "clip_skip", "num_images_per_prompt")
+ENCODE_ARGS = ("prompt", "prompt_2", "prompt_embeds", "pooled_prompt_embeds", "clip_skip", "num_images_per_prompt")
 
 
-def _call_defaults(pipe) -> dict[str, Any]:
+def call_defaults(pipe) -> dict[str, Any]:
     """Defaults of the pipeline's ``__call__`` (``num_inference_steps``, ``guidance_scale``, ...)."""
     params = inspect.signature(type(pipe).__call__).parameters
     return {
@@ -70,7 +70,7 @@ def plan_negatives(
     return [tuple(column[s] for column in columns) for s in range(num_inference_steps)]
 
 
-def _normalize(pipe, text: str | list[str]) -> str | list[str]:
+def normalize_texts(pipe, text: str | list[str]) -> str | list[str]:
     """Textual-inversion tokens in the form the pipeline expands (see textual_inversion.py)."""
     from .textual_inversion import normalize_prompt
 
@@ -85,7 +85,7 @@ def _texts(value: Any) -> list[str]:
     return [value] if isinstance(value, str) else list(value)
 
 
-def _plan_encoding(pipe, kwargs: dict[str, Any], step_keys: list[NegativeKey]):
+def plan_encoding(pipe, kwargs: dict[str, Any], step_keys: list[NegativeKey]):
     """Stock text path or A1111 encoding (long_prompts.py)? Returns (WeightedConditioning or None, step keys).
 
     When no text has a weight other than 1, a BREAK or more than one chunk of tokens, the texts go
@@ -162,7 +162,7 @@ def generate(
     negative is active, run without CFG (positive prediction only) instead of CFG with the empty prompt.
     Returns the pipeline's own output.
     """
-    defaults = _call_defaults(pipe)
+    defaults = call_defaults(pipe)
     # The stock __call__ also takes **kwargs, but only for deprecated arguments: a typo must not pass silently.
     unknown = sorted(set(kwargs) - set(defaults) - {"prompt"})
     if unknown:
@@ -174,14 +174,14 @@ def generate(
 
     prompt = kwargs.get("prompt")
     if prompt is not None:
-        kwargs["prompt"] = _normalize(pipe, prompt)
+        kwargs["prompt"] = normalize_texts(pipe, prompt)
     negative_prompt = kwargs.pop("negative_prompt", None)
     has_negative = negative_prompt is not None or bool(negative_windows)
     if not has_negative:
         if negative_start is not None or negative_end is not None:
             name, value = ("negative_start", negative_start) if negative_start is not None else ("negative_end", negative_end)
             raise InputError(name, value, "needs a negative_prompt to time")
-        weighted, _ = _plan_encoding(pipe, kwargs, [])
+        weighted, _ = plan_encoding(pipe, kwargs, [])
         if weighted is not None:
             cfg = guidance_scale > 1 and kwargs.get("negative_prompt_embeds") is None
             kwargs.update(weighted.pipeline_kwargs(weighted.off_key, cfg=cfg))
@@ -205,9 +205,9 @@ def generate(
         negative_end,
         negative_windows,
     )
-    step_keys = [tuple(None if text is None else _normalize(pipe, text) for text in key) for key in step_keys]
-    weighted, step_keys = _plan_encoding(pipe, kwargs, step_keys)
-    encode_kwargs = {name: kwargs[name] for name in _ENCODE_ARGS if kwargs.get(name) is not None}
+    step_keys = [tuple(None if text is None else normalize_texts(pipe, text) for text in key) for key in step_keys]
+    weighted, step_keys = plan_encoding(pipe, kwargs, step_keys)
+    encode_kwargs = {name: kwargs[name] for name in ENCODE_ARGS if kwargs.get(name) is not None}
     lora_scale = (kwargs.get("cross_attention_kwargs") or {}).get("scale")
     if lora_scale is not None:
         encode_kwargs["lora_scale"] = lora_scale
