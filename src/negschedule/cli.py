@@ -262,10 +262,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def run(parser: argparse.ArgumentParser, argv: list[str] | None = None, interrupted: str = "interrupted") -> int:
+    """Parse ``argv`` and run the chosen verb: bad input is one line on stderr and exit code 2."""
     # transformers warns at import that torchvision is absent; it does not concern our users.
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return args.func(args) or 0
@@ -273,8 +273,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"negschedule {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("negschedule: interrupted", file=sys.stderr)
+        print(f"negschedule: {interrupted}", file=sys.stderr)
         return 130
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run(build_parser(), argv)
 
 
 if __name__ == "__main__":

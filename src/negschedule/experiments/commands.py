@@ -9,7 +9,6 @@ Bad input prints one line naming the argument and exits with code 2 before any m
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
@@ -246,17 +245,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    args = build_parser().parse_args(argv)
-    try:
-        return args.func(args) or 0
-    except InputError as err:
-        print(f"negschedule {args.command}: error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        # Every finished unit is on disk; the same command resumes from there.
-        print("negschedule: interrupted; run the same command again to resume", file=sys.stderr)
-        return 130
+    from ..cli import run
+
+    # Every finished unit is on disk; the same command resumes from there.
+    return run(build_parser(), argv, interrupted="interrupted; run the same command again to resume")
 
 
 if __name__ == "__main__":
