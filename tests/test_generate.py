@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 import pytest
 import torch
 
@@ -264,3 +266,38 @@ def test_several_negatives_each_in_its_window(tiny_sd):
                          negative_windows=[("dog", 3, None)])
     joined, _ = latents_of(generate, tiny_sd, prompt=PROMPT, negative_prompt="[cat:cat, dog:2]")
     assert torch.equal(both, joined)
+
+
+def _reference_loop(pipe, k: int, seed: int, steps: int = N, scale: float = 7.5) -> torch.Tensor:
+    """A loop written from scratch (not the pipeline's, not the engine's): "" before step k, NEG from k."""
+    device, dtype = pipe.device, pipe.unet.dtype
+    scheduler = pipe.scheduler
+    scheduler.set_timesteps(steps)
+    assert len(scheduler.timesteps) == steps  # one pass per step for the schedulers used here
+    generator = torch.Generator().manual_seed(seed)
+    shape = (1, pipe.unet.config.in_channels, 16, 16)
+    latents = torch.randn(shape, generator=generator, dtype=dtype) * scheduler.init_noise_sigma
+    with torch.no_grad():
+        ids = lambda text: pipe.tokenizer(text, padding="max_length", max_length=77, truncation=True,
+                                          return_tensors="pt").input_ids
+        positive = pipe.text_encoder(ids(PROMPT))[0]
+        empty = pipe.text_encoder(ids(""))[0]
+        negative = pipe.text_encoder(ids(NEG))[0]
+        for step, t in enumerate(scheduler.timesteps):
+            uncond = negative if step >= k else empty
+            model_input = scheduler.scale_model_input(torch.cat([latents, latents]), t)
+            eps = pipe.unet(model_input, t, encoder_hidden_states=torch.cat([uncond, positive])).sample
+            eps_u, eps_c = eps.chunk(2)
+            eps = eps_u + scale * (eps_c - eps_u)
+            kwargs = {"generator": generator} if "generator" in inspect.signature(scheduler.step).parameters else {}
+            latents = scheduler.step(eps, t, latents, **kwargs).prev_sample
+    return latents
+
+
+@pytest.mark.parametrize("scheduler", ["ddim", "euler_a", "dpmpp_2m"])
+@pytest.mark.parametrize("k", [0, 2, N])
+def test_matches_an_independent_reference_loop(tiny_sd, scheduler, k):
+    set_scheduler(tiny_sd, scheduler)
+    expected = _reference_loop(tiny_sd, k, seed=5)
+    got, _ = latents_of(generate, tiny_sd, prompt=PROMPT, negative_prompt=NEG, negative_start=k, seed=5)
+    assert torch.equal(got, expected)
