@@ -301,3 +301,15 @@ def test_matches_an_independent_reference_loop(tiny_sd, scheduler, k):
     expected = _reference_loop(tiny_sd, k, seed=5)
     got, _ = latents_of(generate, tiny_sd, prompt=PROMPT, negative_prompt=NEG, negative_start=k, seed=5)
     assert torch.equal(got, expected)
+
+
+def test_custom_timesteps_set_the_step_count(tiny_sd):
+    set_scheduler(tiny_sd, "euler")
+    sigmas = [14.6, 6.0, 2.5, 1.0, 0.3]  # Euler: the last sigma ends the last step, so 4 steps
+    _, reference = latents_of(stock, tiny_sd, prompt=PROMPT, sigmas=sigmas)
+    _, got = latents_of(generate, tiny_sd, prompt=PROMPT, negative_prompt=NEG, negative_start=2, sigmas=sigmas)
+    assert len(got) == len(reference) == 4
+    assert all(torch.equal(got[s], reference[s]) for s in range(2)) and not torch.equal(got[2], reference[2])
+    with pytest.raises(InputError) as err:  # start 5 lies beyond the 4 steps the sigmas make
+        generate(tiny_sd, prompt=PROMPT, negative_prompt=NEG, negative_start=5, sigmas=sigmas, output_type="latent")
+    assert err.value.argument == "negative_start"

@@ -45,6 +45,27 @@ def batch_size(prompt: Any, prompt_embeds: Any) -> int:
     raise InputError("prompt", prompt, "give a prompt (a string or a list of strings) or prompt_embeds")
 
 
+def _custom_step_count(pipe, timesteps, sigmas) -> int:
+    """Steps a call with custom ``timesteps``/``sigmas`` makes: they, not num_inference_steps, decide.
+
+    Asked of a copy of the scheduler, set the way the pipeline will set it, because schedulers read
+    a custom list differently (Euler's sigmas include the last one, so 5 sigmas make 4 steps).
+    """
+    import copy
+
+    from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import retrieve_timesteps
+
+    from .passes import step_of_passes
+
+    scheduler = copy.deepcopy(pipe.scheduler)
+    try:
+        retrieve_timesteps(scheduler, None, "cpu", timesteps=timesteps, sigmas=sigmas)
+    except ValueError as err:
+        name, value = ("timesteps", timesteps) if timesteps is not None else ("sigmas", sigmas)
+        raise InputError(name, value, str(err).splitlines()[0]) from None
+    return step_of_passes(scheduler)[-1] + 1
+
+
 def plan_negatives(
     negative_prompt: str | Sequence[str] | None,
     num_inference_steps: int,
@@ -168,6 +189,8 @@ def generate(
     if unknown:
         raise InputError(unknown[0], kwargs[unknown[0]], f"not an argument of {type(pipe).__name__}.__call__")
     steps = kwargs.get("num_inference_steps", defaults.get("num_inference_steps", 50))
+    if kwargs.get("timesteps") is not None or kwargs.get("sigmas") is not None:
+        steps = _custom_step_count(pipe, kwargs.get("timesteps"), kwargs.get("sigmas"))
     if isinstance(steps, bool) or not isinstance(steps, int) or steps <= 0:
         raise InputError("num_inference_steps", steps, "must be a positive integer")
     guidance_scale = kwargs.get("guidance_scale", defaults.get("guidance_scale", 7.5))
