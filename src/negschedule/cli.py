@@ -36,6 +36,10 @@ class RunSettings:
     model: str | None = None  # None = the embedded default
     config: str | None = None  # local config folder for a single-file checkpoint
     textual_inversions: list[tuple[str, str]] = field(default_factory=list)  # (path, token)
+    guidance: str = "cfg"  # guidance.GuidanceRule name; rules other than cfg/timed run in the engine
+    negative_scale: float | None = None  # negative_scale / perp_neg: n; dng: lambda (None: guidance_scale)
+    sigma_min: float | None = None  # sigma_window bounds (None: open on that side)
+    sigma_max: float | None = None
 
 
 def _step_value(text: str, argument: str) -> int | float:
@@ -65,6 +69,10 @@ def _add_generation_flags(p: argparse.ArgumentParser) -> None:
         help="a further negative acting in [START, END) (END may be 'none'); repeatable",
     )
     p.add_argument("--cfg-off", action="store_true", help="no CFG while the negative is off (one model evaluation)")
+    p.add_argument("--guidance", default="cfg", help="cfg|timed|negative_scale|perp_neg|sigma_window|dng (see docs/guidance.md)")
+    p.add_argument("--negative-scale", type=float, default=None, help="negative_scale/perp_neg: weight n; dng: lambda")
+    p.add_argument("--sigma-min", type=float, default=None, help="sigma_window: guidance only at sigma >= this")
+    p.add_argument("--sigma-max", type=float, default=None, help="sigma_window: guidance only at sigma <= this")
     p.add_argument("--steps", type=int, default=20, help="num_inference_steps")
     p.add_argument("--guidance-scale", "--cfg-scale", type=float, default=7.5, dest="guidance_scale")
     p.add_argument("--seed", type=int, default=0)
@@ -92,7 +100,9 @@ def _settings(args: argparse.Namespace) -> RunSettings:
     return RunSettings(
         prompt=args.prompt,
         negative_prompt=args.negative_prompt,
-        negative_start=None if args.negative_start is None else _step_value(args.negative_start, "negative_start"),
+        negative_start=None if args.negative_start is None else (
+            "auto" if args.negative_start.strip().lower() == "auto" else _step_value(args.negative_start, "negative_start")
+        ),
         negative_end=None if args.negative_end is None else _step_value(args.negative_end, "negative_end"),
         negative_windows=windows,
         cfg_off=args.cfg_off,
@@ -105,6 +115,10 @@ def _settings(args: argparse.Namespace) -> RunSettings:
         model=args.model,
         config=args.config,
         textual_inversions=list(args.textual_inversion),
+        guidance=args.guidance,
+        negative_scale=args.negative_scale,
+        sigma_min=args.sigma_min,
+        sigma_max=args.sigma_max,
     )
 
 
@@ -130,12 +144,22 @@ def _check_before_loading(s: RunSettings) -> None:
         raise InputError(
             "guidance_scale", s.guidance_scale, "CFG is off at guidance_scale <= 1, so a negative prompt does nothing"
         )
+    _guidance(s)  # an unknown rule name fails here
     if has_negative:
         from .generate import plan_negatives
 
-        plan_negatives(s.negative_prompt, s.steps, 1, s.negative_start, s.negative_end, s.negative_windows)
+        start = None if s.negative_start == "auto" else s.negative_start
+        plan_negatives(s.negative_prompt, s.steps, 1, start, s.negative_end, s.negative_windows)
     elif s.negative_start is not None or s.negative_end is not None:
         raise InputError("negative_start", s.negative_start, "needs a --negative-prompt to time")
+
+
+def _guidance(s: RunSettings):
+    from .guidance import Guidance, GuidanceRule
+
+    g = Guidance(GuidanceRule.parse(s.guidance), negative_scale=s.negative_scale, sigma_min=s.sigma_min, sigma_max=s.sigma_max)
+    g.validate()
+    return g
 
 
 def _load(s: RunSettings):
@@ -161,6 +185,7 @@ def _generate(pipe, s: RunSettings, **timing: Any):
         negative_end=s.negative_end,
         negative_windows=s.negative_windows,
         cfg_off=s.cfg_off,
+        guidance=_guidance(s),
     )
     if s.height:
         kwargs["height"] = s.height
@@ -190,6 +215,9 @@ def png_parameters(pipe, s: RunSettings, **extra: Any) -> str:
         "Negative windows": "; ".join(f"{p} [{a}, {b})" for p, a, b in s.negative_windows) or None,
         "CFG off while negative off": True if s.cfg_off else None,
         "Textual inversion": "; ".join(f"{t}={p}" for p, t in s.textual_inversions) or None,
+        "Guidance": None if s.guidance in ("cfg", "timed") else s.guidance,
+        "Negative scale": s.negative_scale,
+        "Sigma window": None if s.sigma_min is None and s.sigma_max is None else f"[{s.sigma_min}, {s.sigma_max}]",
         **extra,
         "negschedule": __version__,
         "diffusers": diffusers.__version__,

@@ -162,6 +162,15 @@ def _combine(ours: NegativeScheduleCallback, theirs) -> Any:
     return both
 
 
+def _needs_engine(guidance, negative_start) -> bool:
+    """Rules other than (timed) CFG, and ``negative_start="auto"``, run in the engine (guided.py)."""
+    from .guidance import Guidance, GuidanceRule
+
+    if isinstance(negative_start, str):
+        return True
+    return Guidance.of(guidance).rule not in (GuidanceRule.CFG, GuidanceRule.TIMED)
+
+
 def generate(
     pipe,
     *,
@@ -169,6 +178,7 @@ def generate(
     negative_end: int | float | None = None,
     negative_windows: Sequence[NegativeWindow | tuple] = (),
     cfg_off: bool = False,
+    guidance=None,
     **kwargs: Any,
 ):
     """Call ``pipe`` with its own keywords and a negative prompt that acts only in a window of steps.
@@ -182,7 +192,18 @@ def generate(
     A1111 way (``long_prompts.py``), all others by the stock pipeline. ``cfg_off``: while no
     negative is active, run without CFG (positive prediction only) instead of CFG with the empty prompt.
     Returns the pipeline's own output.
+
+    ``guidance``: a :class:`~negschedule.guidance.Guidance` or rule name (``"cfg"``, ``"timed"``,
+    ``"negative_scale"``, ``"perp_neg"``, ``"sigma_window"``, ``"dng"``); ``negative_start="auto"``
+    finds the start while sampling (``auto.py``). Plain CFG (the default) and the timed negative
+    run here on the stock pipeline; the other rules and "auto" run in the engine (``guided.py``).
     """
+    if _needs_engine(guidance, negative_start):
+        if negative_windows or cfg_off:
+            raise InputError("negative_windows" if negative_windows else "cfg_off", negative_windows or cfg_off, "not combined with this guidance")
+        from .guided import generate_guided
+
+        return generate_guided(pipe, guidance, negative_start, negative_end, **kwargs)
     defaults = call_defaults(pipe)
     # The stock __call__ also takes **kwargs, but only for deprecated arguments: a typo must not pass silently.
     unknown = sorted(set(kwargs) - set(defaults) - {"prompt"})

@@ -1,0 +1,128 @@
+"""``negative_start="auto"``: decide, while sampling, the step from which the negative prompt acts.
+
+This module owns the decision rule and its signals. Ban et al. (arXiv:2406.02965) explain the
+critical step: a negative prompt can only neutralise its concept once the positive prompt has
+started to draw it; before that, it pushes the image into another composition (or draws the very
+thing, "reverse activation"). So the negative should start when the concept shows up in the running
+sample. Signals available during sampling (:class:`Signal`):
+
+* ``DETECTOR`` - the predicted clean image ``x0`` of the current step (from the CFG prediction
+  with the empty prompt), decoded by the VAE and shown to a concept detector (the toy world's exact
+  detector by default, any ``image -> bool`` callable otherwise): start as soon as the concept is
+  seen. No extra model evaluation; one VAE decode per probed step.
+* ``ALIGNMENT`` - the cosine between the negative's and the positive's guidance directions,
+  ``cos(eps_neg - eps_u, eps_pos - eps_u)``: high once the prompt's prediction moves where the
+  negative's does. Needs the negative's prediction, one extra evaluation per probed step.
+
+Whatever the signal, the negative starts at ``max_start`` (a fraction of the steps) at the latest,
+which bounds the cost: probing with ``ALIGNMENT`` costs 3 evaluations per step instead of 2 for at
+most ``max_start`` of the steps, so at most ``1 + max_start / 2`` times a plain generation (1.25x
+at the default 0.5). Which signal is the default, and its threshold, come from the study in
+``docs/guidance.md`` (toy world, held-out prompts).
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+
+from .errors import InputError
+from .guidance import cfg
+
+
+class Signal(enum.Enum):
+    """What ``auto`` watches to start the negative."""
+
+    DETECTOR = "detector"  # a concept detector on the decoded x0 prediction (no extra evaluation)
+    ALIGNMENT = "alignment"  # cos(eps_neg - eps_u, eps_pos - eps_u) (one extra evaluation per probed step)
+
+
+@dataclass(frozen=True)
+class AutoStart:
+    """How ``negative_start="auto"`` decides; defaults are the best of the study in docs/guidance.md."""
+
+    signal: Signal = Signal.DETECTOR
+    # ALIGNMENT: start once the cosine reaches this.
+    threshold: float = 0.5
+    # Never before this step (the first steps' x0 is a blur that no detector can read).
+    min_step: int = 1
+    # Start here at the latest (fraction of the steps): bounds the cost and acts on late concepts.
+    max_start: float = 0.5
+    # DETECTOR: image -> bool; None = the toy world's exact detector for the negative prompt.
+    detector: Callable[[Any], bool] | None = None
+
+    def __post_init__(self):
+        if not isinstance(self.signal, Signal):
+            try:
+                object.__setattr__(self, "signal", Signal(str(self.signal).lower()))
+            except ValueError:
+                raise InputError("signal", self.signal, f"choose one of {', '.join(s.value for s in Signal)}") from None
+        if not 0.0 <= self.max_start <= 1.0:
+            raise InputError("max_start", self.max_start, "a fraction of the steps, in [0, 1]")
+        if self.min_step < 0:
+            raise InputError("min_step", self.min_step, "must be >= 0")
+
+    def cost_bound(self) -> float:
+        """The most this costs, in units of a plain generation's model evaluations."""
+        return 1.0 + self.max_start / 2 if self.signal is Signal.ALIGNMENT else 1.0
+
+    def decider(self, sampler, seed: int) -> "_Decider":
+        return _Decider(self, sampler)
+
+
+def alignment(eps_u: torch.Tensor, eps_pos: torch.Tensor, eps_neg: torch.Tensor) -> float:
+    """``cos(eps_neg - eps_u, eps_pos - eps_u)``, over all elements (one image)."""
+    a = (eps_neg - eps_u).flatten().double()
+    b = (eps_pos - eps_u).flatten().double()
+    denom = a.norm() * b.norm()
+    return float(a @ b / denom) if denom > 0 else 0.0
+
+
+class _Decider:
+    """The per-image state of one ``auto`` decision."""
+
+    def __init__(self, settings: AutoStart, sampler):
+        self.settings = settings
+        self.sampler = sampler
+        self.steps = sampler.engine.steps
+        self.latest = int(settings.max_start * self.steps)
+        self.needs_negative = settings.signal is Signal.ALIGNMENT
+        self.detector = None
+        if settings.signal is Signal.DETECTOR:
+            self.detector = settings.detector
+            if self.detector is None:
+                from .experiments.detectors import ToyDetector
+
+                self.detector = ToyDetector(sampler.negative_prompt)
+
+    def signals(self, x, t, step: int, eps_u, eps_pos, eps_neg) -> dict[str, float]:
+        out: dict[str, float] = {}
+        if eps_neg is not None:
+            out["alignment"] = alignment(eps_u, eps_pos, eps_neg)
+        if self.detector is not None and step >= self.settings.min_step:
+            out["detected"] = float(self.detector(self.preview(x, t, cfg(eps_u, eps_pos, self.sampler.engine.guidance_scale))))
+        return out
+
+    def preview(self, x, t, eps):
+        """The decoded x0 prediction as a PIL image (what the detector sees)."""
+        sampler = self.sampler
+        pipe = sampler.engine.pipe
+        x0 = sampler.x0(x, eps, t)
+        image = pipe.vae.decode(x0 / pipe.vae.config.scaling_factor, return_dict=False)[0]
+        return pipe.image_processor.postprocess(image, output_type="pil")[0]
+
+    def decide(self, step: int, signals: dict[str, float]) -> bool:
+        if step >= self.latest:
+            return True
+        if step < self.settings.min_step:
+            return False
+        if self.settings.signal is Signal.DETECTOR:
+            return bool(signals.get("detected"))
+        return signals.get("alignment", -math.inf) >= self.settings.threshold
+
+
+__all__ = ["AutoStart", "Signal", "alignment"]

@@ -1,0 +1,301 @@
+"""Sampling with a guidance rule other than plain CFG, and with a negative start found while sampling.
+
+This module owns the loop for the rules of ``guidance.py`` that the stock pipeline cannot run
+through a callback (three branches per model pass, a sigma window that drops the unconditional
+pass, DNG's tracked posterior) and for ``negative_start="auto"`` (``auto.py`` decides the start
+from signals of the running sample). It reuses an :class:`~negschedule.engine.Engine` for every
+part of the stock loop - text encoding and the per-step negative texts (``schedule.py``'s timing,
+A1111 prompt editing included), ``prepare_latents``, the UNet call and its evaluation count,
+``scheduler.step``, ``vae.decode`` and postprocessing - and adds only the combination per step.
+
+Layout of one model pass: the rows ``[empty prompt, negative, positive]`` for the three-branch
+rules while the negative is active, ``[negative or empty, positive]`` for CFG, ``[positive]``
+outside a sigma window. While a negative is off (before ``negative_start``) every rule is CFG
+with the empty prompt, two evaluations, exactly what the timed negative does. Model evaluations
+per latent per step (see :meth:`Guidance.evaluations_per_step`): CFG / timed 2; negative_scale,
+perp_neg and dng 3 while the negative is active; sigma_window 2 inside, 1 outside; auto 3 while it
+probes, 2 after (or 2 throughout with the detector signal, plus a VAE decode per probed step).
+
+Batching three rows in one UNet call is not bit-identical to the stock pipeline's two-row call
+(CPU kernels choose their blocking by shape, see engine.py), so these rules agree with
+``generate()`` where they coincide only to ~1e-6; plain CFG keeps using the stock path.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import torch
+
+from .engine import Engine, Run
+from .errors import InputError
+from .guidance import (
+    THREE_BRANCH,
+    Guidance,
+    GuidanceRule,
+    cfg,
+    dng_posterior_update,
+    dynamic_negative,
+    in_sigma_window,
+    negative_scale,
+    perp_neg,
+    sigma_of,
+)
+
+
+@dataclass
+class GuidedResult:
+    """Outputs per seed: ``images[seed]`` (the pipeline's output_type, a list of one batch), the
+    evaluations spent, and for ``negative_start="auto"`` the start chosen and the per-step signals."""
+
+    images: dict[int, Any]
+    latents: dict[int, torch.Tensor]
+    model_evaluations: int
+    evaluations_per_seed: dict[int, int]
+    starts: dict[int, int | None] = field(default_factory=dict)
+    traces: dict[int, list[dict[str, float]]] = field(default_factory=dict)
+
+
+class GuidedSampler:
+    """Sample one prompt with ``guidance`` on ``pipe``; ``pipeline_kwargs`` as for :class:`Engine`.
+
+    ``negative_start`` / ``negative_end`` gate the negative for every rule (int step, float
+    fraction, as in ``generate()``); ``negative_start="auto"`` hands the start to ``auto``
+    (an :class:`negschedule.auto.AutoStart`, default settings when None).
+    """
+
+    def __init__(
+        self,
+        pipe,
+        guidance: Guidance | GuidanceRule | str | None = None,
+        negative_prompt: str | None = None,
+        negative_start: int | float | str | None = None,
+        negative_end: int | float | None = None,
+        auto=None,
+        **pipeline_kwargs: Any,
+    ):
+        self.guidance = Guidance.of(guidance)
+        self.engine = engine = Engine(pipe, **pipeline_kwargs)
+        rule = self.guidance.rule
+        self.auto = None
+        if isinstance(negative_start, str):
+            if negative_start.strip().lower() != "auto":
+                raise InputError("negative_start", negative_start, 'a step, a fraction or "auto"')
+            from .auto import AutoStart
+
+            if rule not in (GuidanceRule.CFG, GuidanceRule.TIMED):
+                raise InputError("negative_start", negative_start, f'"auto" times CFG\'s negative; not combined with guidance={rule.value}')
+            self.auto = auto if auto is not None else AutoStart()
+            negative_start = None
+        if negative_prompt is None and (rule in THREE_BRANCH or self.auto is not None):
+            raise InputError("negative_prompt", None, f"guidance={rule.value} needs a negative prompt")
+        if engine.guidance_scale <= 1 and negative_prompt is not None:
+            raise InputError("guidance_scale", engine.guidance_scale, "CFG is off at guidance_scale <= 1, so a negative prompt does nothing")
+        if self.auto is not None and engine.batch * engine.num_images_per_prompt != 1:
+            raise InputError("prompt", engine.prompt, 'negative_start="auto" decides per image: give one prompt, one image per call')
+        self.negative_prompt = negative_prompt
+        off = engine.step_keys(Run())
+        # The negative's per-step keys; with "auto" the keys of a negative from step 0 (the start is decided later).
+        run = Run(negative_prompt=negative_prompt, negative_start=negative_start, negative_end=negative_end)
+        self.keys = engine.step_keys(run) if negative_prompt is not None else off
+        self.off_key = off[0]
+        # The negative's key where it is active (what "auto" switches to); A1111 editing may leave it off at step 0.
+        self.negative_key = None
+        if negative_prompt is not None:
+            self.negative_key = next((k for k in engine.step_keys(Run(negative_prompt=negative_prompt)) if any(x is not None for x in k[0])), None)
+            if self.negative_key is None:
+                raise InputError("negative_prompt", negative_prompt, "is empty at every step")
+        sched = engine._template
+        self.alphas_cumprod = getattr(sched, "alphas_cumprod", None)
+        if self.alphas_cumprod is None and (rule in (GuidanceRule.SIGMA_WINDOW, GuidanceRule.DNG) or self.auto is not None):
+            raise InputError("scheduler", type(sched).__name__, f"has no alphas_cumprod, which guidance={rule.value} needs for sigma")
+        # Variance-exploding latents (Euler, LMS, ...) carry x0 + sigma eps; DNG and x0 need the VP form.
+        self.ve = float(getattr(sched, "init_noise_sigma", 1.0)) > 1.0
+        self.prediction_type = getattr(sched.config, "prediction_type", "epsilon")
+
+    # ---- per-step helpers -----------------------------------------------------------------------
+
+    def alpha_bar(self, t) -> float:
+        return float(self.alphas_cumprod[int(round(float(t)))])
+
+    def _vp(self, latents: torch.Tensor, alpha_bar: float) -> torch.Tensor:
+        return latents * math.sqrt(alpha_bar) if self.ve else latents
+
+    def x0(self, latents: torch.Tensor, eps: torch.Tensor, t) -> torch.Tensor:
+        """The predicted clean latent ``(x - sqrt(1 - a) eps) / sqrt(a)`` (VP form; v-prediction handled)."""
+        a = self.alpha_bar(t)
+        x = self._vp(latents, a)
+        if self.prediction_type == "v_prediction":
+            return math.sqrt(a) * x - math.sqrt(1 - a) * eps
+        return (x - math.sqrt(1 - a) * eps) / math.sqrt(a)
+
+    def _rows(self, conds: list[dict[str, torch.Tensor]], take: list[str]) -> dict[str, torch.Tensor]:
+        """Stack the wanted row blocks ("neg" = first half, "pos" = second half of a CFG conditioning)."""
+        rows = self.engine.batch * self.engine.num_images_per_prompt
+        out: dict[str, torch.Tensor] = {}
+        for name in conds[0]:
+            parts = [c[name][:rows] if which == "neg" else c[name][rows:] for c, which in zip(conds, take)]
+            shapes = {tuple(p.shape[1:]) for p in parts}
+            if len(shapes) != 1:
+                raise InputError("negative_prompt", self.negative_prompt, "encodes to another length than the empty prompt (A1111 weights / long prompts); use guidance=cfg")
+            out[name] = torch.cat(parts)
+        return out
+
+    def _pass(self, latents: torch.Tensor, scheduler, t, cond: dict[str, torch.Tensor], k: int) -> list[torch.Tensor]:
+        """One UNet call on ``k`` copies of the latents; the ``k`` predictions."""
+        engine = self.engine
+        model_input = scheduler.scale_model_input(torch.cat([latents] * k) if k > 1 else latents, t)
+        out = engine._unet(model_input, t, cond)
+        engine._count(model_input.shape[0])
+        return list(out.chunk(k)) if k > 1 else [out]
+
+    def _rescale(self, guided: torch.Tensor, eps_pos: torch.Tensor) -> torch.Tensor:
+        if self.engine.guidance_rescale > 0.0:
+            from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import rescale_noise_cfg
+
+            return rescale_noise_cfg(guided, eps_pos, guidance_rescale=self.engine.guidance_rescale)
+        return guided
+
+    # ---- sampling -------------------------------------------------------------------------------
+
+    def sample(self, seeds: Sequence[int]) -> GuidedResult:
+        seeds = [int(s) for s in seeds]
+        if not seeds or len(set(seeds)) != len(seeds):
+            raise InputError("seeds", seeds, "give at least one seed, each once")
+        engine = self.engine
+        images, latents, per_seed, starts, traces = {}, {}, {}, {}, {}
+        before_all = engine.model_evaluations
+        for seed in seeds:
+            before = engine.model_evaluations
+            state, start, trace = self._sample_one(seed)
+            latents[seed] = state.latents
+            images[seed] = engine.decode(state.latents, state.generator)
+            per_seed[seed] = engine.model_evaluations - before
+            starts[seed] = start
+            traces[seed] = trace
+        return GuidedResult(images, latents, engine.model_evaluations - before_all, per_seed, starts, traces)
+
+    def _sample_one(self, seed: int):
+        engine = self.engine
+        g = self.guidance
+        rule = g.rule
+        w = engine.guidance_scale
+        n_scale = w if g.negative_scale is None else g.negative_scale
+        state = engine._root(seed, self.keys[0][2])
+        extra = engine.pipe.prepare_extra_step_kwargs(None, engine.eta)
+        rows = engine.batch * engine.num_images_per_prompt
+        posterior = torch.full((rows,), g.prior, dtype=torch.float64)
+        decider = self.auto.decider(self, seed) if self.auto is not None else None
+        start: int | None = None
+        trace: list[dict[str, float]] = []
+        timesteps = engine.timesteps
+        cond_off = engine._condition(self.off_key)
+        with torch.no_grad():
+            for p, t in enumerate(timesteps):
+                step = engine.pass_steps[p]
+                x = state.latents
+                key = self.keys[step]
+                active = any(text is not None for text in key[0])
+                if decider is not None:
+                    eps, start = self._auto_pass(decider, state.scheduler, x, t, step, start, trace)
+                elif rule in THREE_BRANCH and active:
+                    cond = self._rows([cond_off, engine._condition(key), cond_off], ["neg", "neg", "pos"])
+                    eps_u, eps_neg, eps_pos = self._pass(x, state.scheduler, t, cond, 3)
+                    if rule is GuidanceRule.NEGATIVE_SCALE:
+                        eps = negative_scale(eps_u, eps_pos, eps_neg, w, n_scale)
+                    elif rule is GuidanceRule.PERP_NEG:
+                        eps = perp_neg(eps_u, eps_pos, eps_neg, w, n_scale)
+                    else:
+                        eps = dynamic_negative(eps_u, eps_pos, eps_neg, w, n_scale, posterior)
+                    eps = self._rescale(eps, eps_pos)
+                elif rule is GuidanceRule.SIGMA_WINDOW and not in_sigma_window(sigma_of(self.alpha_bar(t)), g.sigma_min, g.sigma_max):
+                    (eps,) = self._pass(x, state.scheduler, t, self._rows([engine._condition(key)], ["pos"]), 1)
+                else:
+                    eps_first, eps_pos = self._pass(x, state.scheduler, t, engine._condition(key if active else self.off_key), 2)
+                    eps = self._rescale(cfg(eps_first, eps_pos, w), eps_pos)
+                step_kwargs = dict(extra)
+                if "generator" in step_kwargs:
+                    step_kwargs["generator"] = state.generator
+                new = state.scheduler.step(eps, t, x, **step_kwargs, return_dict=False)[0]
+                if rule is GuidanceRule.DNG and active:
+                    a = self.alpha_bar(t)
+                    a_next = self.alpha_bar(timesteps[p + 1]) if p + 1 < len(timesteps) and float(timesteps[p + 1]) < float(t) else 1.0
+                    if a_next > a:
+                        posterior = dng_posterior_update(
+                            posterior, self._vp(new, a_next).double(), self._vp(x, a).double(), eps_u.double(), eps_neg.double(),
+                            a, a_next, g.temperature, g.offset, g.p_min, g.p_max,
+                        )
+                    trace.append({"step": step, "posterior": float(posterior.mean())})
+                state.latents = new
+        return state, start, trace
+
+    def _auto_pass(self, decider, scheduler, x, t, step: int, start: int | None, trace: list):
+        """One pass under ``negative_start="auto"``: probe until the decider starts the negative."""
+        engine = self.engine
+        w = engine.guidance_scale
+        cond_off = engine._condition(self.off_key)
+        cond_neg = engine._condition(self.negative_key)
+        if start is None and step >= decider.latest:
+            start = step  # the latest start allowed: no more probing
+        if start is not None:
+            eps_neg, eps_pos = self._pass(x, scheduler, t, cond_neg, 2)
+            return self._rescale(cfg(eps_neg, eps_pos, w), eps_pos), start
+        if decider.needs_negative:
+            cond = self._rows([cond_off, cond_neg, cond_off], ["neg", "neg", "pos"])
+            eps_u, eps_neg, eps_pos = self._pass(x, scheduler, t, cond, 3)
+        else:
+            eps_u, eps_pos = self._pass(x, scheduler, t, cond_off, 2)
+            eps_neg = None
+        signals = decider.signals(x, t, step, eps_u, eps_pos, eps_neg)
+        trace.append({"step": step, **signals})
+        if decider.decide(step, signals):
+            start = step
+            if eps_neg is None:
+                # The detector saw the concept in this step's prediction; the negative acts from the next pass.
+                return self._rescale(cfg(eps_u, eps_pos, w), eps_pos), step + 1
+            return self._rescale(cfg(eps_neg, eps_pos, w), eps_pos), start
+        return self._rescale(cfg(eps_u, eps_pos, w), eps_pos), None
+
+
+def sample_guided(pipe, guidance, seeds: Sequence[int], negative_prompt: str | None = None, negative_start=None, negative_end=None, auto=None, **pipeline_kwargs) -> GuidedResult:
+    """Sample ``seeds`` of one prompt with ``guidance`` (see :class:`GuidedSampler`)."""
+    return GuidedSampler(pipe, guidance, negative_prompt, negative_start, negative_end, auto, **pipeline_kwargs).sample(seeds)
+
+
+def generate_guided(pipe, guidance=None, negative_start=None, negative_end=None, generator: torch.Generator | None = None, seed: int | None = None, **kwargs):
+    """``generate()``'s route for non-CFG rules and ``negative_start="auto"``: the pipeline's own output type.
+
+    The engine draws its latents from ``torch.Generator().manual_seed(seed)``; a ``generator``
+    argument is read for its initial seed, so pass a freshly seeded generator (as ``generate()``
+    users do).
+    """
+    if generator is not None:
+        if isinstance(generator, list):
+            raise InputError("generator", "<list>", "one generator per call with this guidance")
+        seed = generator.initial_seed()
+    seed = 0 if seed is None else int(seed)
+    return_dict = kwargs.pop("return_dict", True)
+    negative_prompt = kwargs.pop("negative_prompt", None)
+    result = sample_guided(pipe, guidance, [seed], negative_prompt, negative_start, negative_end, **kwargs)
+    images = result.images[seed]
+    if not return_dict:
+        return (images, None)
+    from .conditioning import is_sdxl
+
+    if is_sdxl(pipe):
+        from diffusers.pipelines.stable_diffusion_xl import StableDiffusionXLPipelineOutput
+
+        out = StableDiffusionXLPipelineOutput(images=images)
+    else:
+        from diffusers.pipelines.stable_diffusion import StableDiffusionPipelineOutput
+
+        out = StableDiffusionPipelineOutput(images=images, nsfw_content_detected=None)
+    # What the sampler did, for callers that want it (the start "auto" chose, evaluations spent).
+    out.negative_start = result.starts[seed]
+    out.model_evaluations = result.model_evaluations
+    return out
+
+
+__all__ = ["GuidedResult", "GuidedSampler", "generate_guided", "sample_guided"]

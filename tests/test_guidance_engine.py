@@ -1,0 +1,139 @@
+"""Every guidance rule end to end on tiny pipelines, through generate() and the CLI, with its model evaluations counted."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from negschedule import InputError, generate
+from negschedule.auto import AutoStart, Signal
+from negschedule.guidance import Guidance, GuidanceRule
+from negschedule.guided import sample_guided
+
+N = 4
+PROMPT = "a red cat"
+NEG = "blue hat"
+KW = dict(prompt=PROMPT, num_inference_steps=N, output_type="latent")
+
+
+def run(pipe, guidance, **kw):
+    return generate(pipe, negative_prompt=NEG, guidance=guidance, generator=torch.Generator().manual_seed(3), **{**KW, **kw})
+
+
+@pytest.mark.parametrize("pipe_name", ["tiny_sd", "tiny_sdxl"])
+@pytest.mark.parametrize(
+    "guidance, per_step",
+    [("negative_scale", 3), ("perp_neg", 3), ("dng", 3), (Guidance(GuidanceRule.SIGMA_WINDOW, sigma_min=0.0), 2)],
+    ids=["negative_scale", "perp_neg", "dng", "sigma_window"],
+)
+def test_rule_runs_end_to_end_and_counts_its_evaluations(request, pipe_name, guidance, per_step):
+    pipe = request.getfixturevalue(pipe_name)
+    out = run(pipe, guidance)
+    assert out.images.shape[0] == 1 and torch.isfinite(out.images).all()
+    assert out.model_evaluations == per_step * N
+    assert Guidance.of(guidance).evaluations_per_step() == per_step
+
+
+def test_cfg_and_timed_stay_on_the_stock_path_bit_exact(tiny_sd):
+    ref = generate(tiny_sd, negative_prompt=NEG, negative_start=2, generator=torch.Generator().manual_seed(3), **KW).images
+    for name in ("cfg", "timed", GuidanceRule.TIMED, None):
+        out = run(tiny_sd, name, negative_start=2)
+        assert torch.equal(out.images, ref)
+        assert not hasattr(out, "model_evaluations")  # the stock pipeline's own output, untouched
+
+
+def test_negative_scale_reduces_to_the_stock_negative_prompt(tiny_sd):
+    # eps_u + g(p - u) - (g - 1)(n - u) == eps_n + g(p - n): the stock negative prompt, to float rounding.
+    ref = generate(tiny_sd, negative_prompt=NEG, generator=torch.Generator().manual_seed(3), **KW).images
+    out = run(tiny_sd, Guidance(GuidanceRule.NEGATIVE_SCALE, negative_scale=7.5 - 1))
+    assert torch.allclose(out.images, ref, atol=1e-4)
+    assert not torch.allclose(run(tiny_sd, "negative_scale").images, ref, atol=1e-3)
+
+
+def test_three_branch_rules_with_a_zero_negative_are_plain_cfg(tiny_sd):
+    ref = generate(tiny_sd, generator=torch.Generator().manual_seed(3), **KW).images
+    for rule in (GuidanceRule.NEGATIVE_SCALE, GuidanceRule.PERP_NEG, GuidanceRule.DNG):
+        out = run(tiny_sd, Guidance(rule, negative_scale=0.0))
+        assert torch.allclose(out.images, ref, atol=1e-4), rule
+
+
+def test_timed_three_branch_rule_costs_two_before_the_start(tiny_sd):
+    out = run(tiny_sd, "perp_neg", negative_start=2)
+    assert out.model_evaluations == 2 * 2 + 3 * 2
+
+
+def test_sigma_window_drops_the_unconditional_pass_outside(tiny_sd):
+    # A window no sigma reaches: the positive prediction alone, one evaluation per step.
+    out = run(tiny_sd, Guidance(GuidanceRule.SIGMA_WINDOW, sigma_min=1e6))
+    assert out.model_evaluations == N
+    cond_only = generate(tiny_sd, guidance_scale=1.0, generator=torch.Generator().manual_seed(3), **KW).images
+    assert torch.allclose(out.images, cond_only, atol=1e-5)
+    # An unbounded window is the stock negative prompt.
+    ref = generate(tiny_sd, negative_prompt=NEG, generator=torch.Generator().manual_seed(3), **KW).images
+    assert torch.equal(run(tiny_sd, Guidance(GuidanceRule.SIGMA_WINDOW)).images, ref)
+
+
+def test_dng_tracks_a_posterior_per_step(tiny_sd):
+    res = sample_guided(tiny_sd, "dng", [3], negative_prompt=NEG, **KW)
+    trace = res.traces[3]
+    assert [t["step"] for t in trace] == list(range(N))
+    assert all(1e-6 <= t["posterior"] <= 0.8 for t in trace)
+
+
+# threshold -2: starts at min_step 1 (probed steps 0, 1); threshold 2: never fires, forced at max_start (step 2).
+@pytest.mark.parametrize("threshold, expected, evaluations", [(-2.0, 1, 3 * 2 + 2 * 2), (2.0, N // 2, 3 * 2 + 2 * 2)])
+def test_auto_alignment_start_and_cost(tiny_sd, threshold, expected, evaluations):
+    auto = AutoStart(signal=Signal.ALIGNMENT, threshold=threshold, min_step=1, max_start=0.5)
+    res = sample_guided(tiny_sd, "cfg", [3], negative_prompt=NEG, negative_start="auto", auto=auto, **KW)
+    start = res.starts[3]
+    assert start == expected
+    # Probing costs 3 evaluations per step until the start, 2 after; at most 1 + max_start/2 of plain CFG.
+    assert res.model_evaluations == evaluations
+    assert res.model_evaluations <= auto.cost_bound() * 2 * N
+    # The image equals a fixed start at the chosen step (up to batching rounding).
+    fixed = generate(tiny_sd, negative_prompt=NEG, negative_start=start, generator=torch.Generator().manual_seed(3), **KW).images
+    assert torch.allclose(res.latents[3], fixed, atol=1e-4)
+
+
+def test_auto_detector_signal_costs_nothing_extra(tiny_sd):
+    seen = []
+
+    def detector(image):
+        seen.append(image.size)
+        return len(seen) >= 2  # "sees" the concept at the second probed step
+
+    auto = AutoStart(signal=Signal.DETECTOR, detector=detector, min_step=1, max_start=1.0)
+    res = sample_guided(tiny_sd, "cfg", [3], negative_prompt=NEG, negative_start="auto", auto=auto, **KW)
+    assert res.starts[3] == 3  # seen in step 2's prediction: the negative acts from step 3
+    assert res.model_evaluations == 2 * N
+    fixed = generate(tiny_sd, negative_prompt=NEG, negative_start=3, generator=torch.Generator().manual_seed(3), **KW).images
+    assert torch.equal(res.latents[3], fixed)
+
+
+def test_bad_guidance_input(tiny_sd):
+    with pytest.raises(InputError, match="guidance"):
+        run(tiny_sd, "sld")
+    with pytest.raises(InputError, match="negative_prompt"):
+        generate(tiny_sd, guidance="perp_neg", **KW)
+    with pytest.raises(InputError, match="negative_start"):
+        run(tiny_sd, "cfg", negative_start="soon")
+    with pytest.raises(InputError, match="negative_start"):
+        run(tiny_sd, "perp_neg", negative_start="auto")
+    with pytest.raises(InputError, match="concept"):
+        run(tiny_sd, "cfg", negative_start="auto")  # "blue hat" is no toy-world concept for the default detector
+
+
+def test_cli_guidance_flag(tmp_path, capsys):
+    from PIL import Image
+
+    from negschedule.cli import main
+
+    out = tmp_path / "p.png"
+    code = main(["generate", "--prompt", PROMPT, "--negative-prompt", NEG, "--guidance", "perp_neg", "--negative-scale", "2",
+                 "--steps", "2", "--out", str(out)])
+    assert code == 0 and out.exists()
+    params = Image.open(out).text["parameters"]
+    assert "Guidance: perp_neg" in params and "Negative scale: 2.0" in params
+    bad = tmp_path / "bad.png"
+    assert main(["generate", "--prompt", PROMPT, "--negative-prompt", NEG, "--guidance", "nope", "--out", str(bad)]) == 2
+    assert "guidance=" in capsys.readouterr().err and not bad.exists()
