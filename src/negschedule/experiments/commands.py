@@ -236,6 +236,9 @@ def register(subparsers) -> None:
     att.add_argument("--out", required=True)
     add_model_flags(att)
     att.set_defaults(func=cmd_attention)
+    from .bench_guidance import register as register_bench_guidance
+
+    register_bench_guidance(subparsers)
 
 
 def build_parser() -> argparse.ArgumentParser:

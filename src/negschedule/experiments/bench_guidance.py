@@ -1,0 +1,282 @@
+"""``negschedule bench-guidance``: every negative-guidance method on the same toy-world work, one table.
+
+This module owns the head-to-head comparison of issue 6. On held-out toy-world captions (scene
+seeds far above the training set's, as ``toy eval`` makes them) and fixed image seeds, it samples:
+
+* a critical-step sweep per prompt (the engine, prefix-shared): no negative and the negative from
+  every step ``0..max_start``. The fixed starts 0 / 10 % / 20 % / 33 % are read off it, and the
+  per-prompt **oracle** (the start with the highest removal rate over the seeds, ties broken by
+  the highest SSIM to the no-negative image) too;
+* ``auto`` (``auto.py``; with ``--study`` also its candidate signals and thresholds);
+* the other rules of ``guidance.py``: negative_scale, perp_neg, sigma_window, dng.
+
+Two kinds of prompt: two-shape captions whose negative names one of the two shapes (removal of a
+requested object), and night captions that do not name the moon, with the negative "moon" (the
+implied object: the case where early negatives reverse-activate). Per method, over all images:
+removal success (concept gone, among the images whose no-negative image shows it), reverse
+activation (concept drawn, among those whose no-negative image lacks it), structure preservation
+(SSIM to the no-negative image, ``metrics.ssim``), positive fidelity (share of the caption's other
+requested objects the detector finds) and model evaluations per image (the oracle's are its sweep's).
+
+Writes ``DIR/table.csv`` (a row per method), ``DIR/summary.json`` (``auto_within_one_step`` - the
+share of prompts whose auto start, averaged over the seeds and rounded, is within one step of the
+oracle - the per-image share, the starts, the settings, the wall time) and ``DIR/examples.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import InputError
+
+
+@dataclass
+class BenchConfig:
+    """What ``bench-guidance`` runs; the command's flags mirror these fields."""
+
+    out: str = "runs/bench-guidance"  # folder for table.csv, summary.json, examples.png
+    model: str | None = None  # None = the embedded toy-world model
+    prompts: int = 20  # held-out captions: half two-shape removals, half night/moon
+    seeds: tuple[int, ...] = (0, 1)  # image seeds, the same for every method
+    steps: int = 20  # num_inference_steps
+    guidance_scale: float = 7.5
+    scene_seed: int = 3_000_000  # first held-out scene seed (training uses 0..n_scenes-1; toy eval 1e6..)
+    max_start: float = 0.5  # the sweep (and auto) cover starts 0..int(max_start * steps)
+    study: bool = False  # also run auto's candidate signals / thresholds (docs/guidance.md's study)
+    threads: int = 2  # torch CPU threads
+    examples: int = 4  # prompts shown in examples.png
+
+
+FIXED = (0.0, 0.1, 0.2, 0.33)  # the issue's fixed starts, fractions of the steps
+
+
+def prompt_set(cfg: BenchConfig) -> list[dict[str, Any]]:
+    """Held-out (caption, negative, requested objects) rows: two-shape removals, then night/moon."""
+    from ..toyworld.world import caption, make_scene
+
+    rows: list[dict[str, Any]] = []
+    seed = cfg.scene_seed
+    n_two = (cfg.prompts + 1) // 2
+    while len(rows) < n_two:
+        scene = make_scene(seed, n_objects=2, night=False)
+        rng = np.random.default_rng(seed)
+        seed += 1
+        names = [o.name for o in scene.objects]
+        if len(names) != 2 or names[0] == names[1]:
+            continue
+        negative = names[int(rng.integers(2))]
+        rows.append({"kind": "two_shapes", "prompt": caption(scene, rng), "negative": negative, "requested": names})
+    seed = cfg.scene_seed + 500_000
+    while len(rows) < cfg.prompts:
+        scene = make_scene(seed, night=True)
+        rng = np.random.default_rng(seed)
+        seed += 1
+        text = caption(scene, rng)
+        while "moon" in text:
+            text = caption(scene, rng)
+        rows.append({"kind": "night_moon", "prompt": text, "negative": "moon", "requested": [o.name for o in scene.objects]})
+    return rows
+
+
+def methods(cfg: BenchConfig) -> dict[str, Any]:
+    """The non-sweep methods: name -> (guidance, negative_start, AutoStart or None)."""
+    from ..auto import AutoStart, Signal
+    from ..guidance import Guidance, GuidanceRule
+
+    out: dict[str, Any] = {
+        "auto": (None, "auto", AutoStart(max_start=cfg.max_start)),
+        "negative_scale": (Guidance(GuidanceRule.NEGATIVE_SCALE), None, None),
+        "perp_neg": (Guidance(GuidanceRule.PERP_NEG), None, None),
+        # The guidance interval the paper reports for SD-XL, (0.28, 5.42]; the toy model shares SD's schedule.
+        "sigma_window": (Guidance(GuidanceRule.SIGMA_WINDOW, sigma_min=0.28, sigma_max=5.42), None, None),
+        "dng": (Guidance(GuidanceRule.DNG), None, None),
+    }
+    if cfg.study:
+        for threshold in (0.3, 0.5, 0.7):
+            out[f"auto[alignment>={threshold}]"] = (None, "auto", AutoStart(signal=Signal.ALIGNMENT, threshold=threshold, max_start=cfg.max_start))
+        out["auto[detector,min_step=0]"] = (None, "auto", AutoStart(min_step=0, max_start=cfg.max_start))
+        out["auto[detector,min_step=2]"] = (None, "auto", AutoStart(min_step=2, max_start=cfg.max_start))
+    return out
+
+
+def _measure(image, baseline, baseline_objects, row) -> dict[str, Any]:
+    from ..toyworld import detect, present
+    from .metrics import ssim
+
+    objects = detect(image)
+    concept = row["negative"]
+    others = [name for name in row["requested"] if name != concept]
+    return {
+        "baseline_present": present(baseline, concept, baseline_objects),
+        "present": present(image, concept, objects),
+        "ssim": ssim(image, baseline),
+        "fidelity": float(np.mean([present(image, name, objects) for name in others])) if others else None,
+    }
+
+
+def _summarize(method: str, cells: list[dict[str, Any]]) -> dict[str, Any]:
+    from .metrics import mean, rate
+
+    return {
+        "method": method,
+        "images": len(cells),
+        "removal_success": rate(not c["present"] for c in cells if c["baseline_present"]),
+        "reverse_activation": rate(c["present"] for c in cells if not c["baseline_present"]),
+        "ssim_to_no_negative": mean(c["ssim"] for c in cells),
+        "positive_fidelity": mean(c["fidelity"] for c in cells),
+        "evaluations_per_image": mean(c["evaluations"] for c in cells),
+        "mean_start": mean(c.get("start") for c in cells),
+    }
+
+
+def run(cfg: BenchConfig, progress=None) -> dict[str, Any]:
+    """Run the bench; writes the table, the summary and the examples, returns the summary."""
+    from ..engine import Engine, start_sweep_runs
+    from ..guided import sample_guided
+    from ..images import labelled_row
+    from ..models import load_pipeline
+    from ..toyworld import detect
+
+    torch.set_num_threads(cfg.threads)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    pipe = load_pipeline(cfg.model)
+    pipe.set_progress_bar_config(disable=True)
+    n = cfg.steps
+    last = int(cfg.max_start * n)
+    fixed = {f"start {int(f * n)} ({f:.0%})": int(f * n) for f in FIXED}
+    rows = prompt_set(cfg)
+    todo = methods(cfg)
+    cells: dict[str, list[dict[str, Any]]] = {name: [] for name in [*fixed, "oracle", *todo]}
+    per_prompt: list[dict[str, Any]] = []
+    examples = []
+    common = dict(num_inference_steps=n, guidance_scale=cfg.guidance_scale, output_type="pil")
+    for i, row in enumerate(rows):
+        engine = Engine(pipe, prompt=row["prompt"], **common)
+        runs = start_sweep_runs(row["negative"], range(last + 1), n)
+        result = engine.sample(runs, cfg.seeds)
+        sweep_cost = result.model_evaluations / len(cfg.seeds)
+        baselines = {s: result.image(s, 0)[0] for s in cfg.seeds}
+        base_objects = {s: detect(baselines[s]) for s in cfg.seeds}
+        sweep = {s: [_measure(result.image(s, 1 + k)[0], baselines[s], base_objects[s], row) for k in range(last + 1)] for s in cfg.seeds}
+        # Oracle: the start with the most removals over the seeds (fewest appearances), then the best SSIM.
+        score = {k: (np.mean([not sweep[s][k]["present"] for s in cfg.seeds]), np.mean([sweep[s][k]["ssim"] for s in cfg.seeds])) for k in range(last + 1)}
+        oracle = max(range(last + 1), key=lambda k: (score[k][0], score[k][1], -k))
+        for s in cfg.seeds:
+            for name, k in fixed.items():
+                cells[name].append({**sweep[s][k], "evaluations": 2 * n, "start": k})
+            cells["oracle"].append({**sweep[s][oracle], "evaluations": sweep_cost, "start": oracle})
+        record = {**row, "oracle": oracle, "auto_starts": {}, "sweep_absent": [float(score[k][0]) for k in range(last + 1)],
+                  "sweep_ssim": [float(score[k][1]) for k in range(last + 1)]}
+        shown = {}
+        for name, (guidance, start, auto) in todo.items():
+            res = sample_guided(pipe, guidance, cfg.seeds, negative_prompt=row["negative"], negative_start=start, auto=auto, prompt=row["prompt"], **common)
+            for s in cfg.seeds:
+                image = res.images[s][0]
+                cell = {**_measure(image, baselines[s], base_objects[s], row), "evaluations": res.evaluations_per_seed[s], "start": res.starts.get(s)}
+                cells[name].append(cell)
+                if s == cfg.seeds[0]:
+                    shown[name] = image
+            if name.startswith("auto"):
+                record["auto_starts"][name] = [res.starts[s] for s in cfg.seeds]
+        per_prompt.append(record)
+        if i < cfg.examples:
+            s = cfg.seeds[0]
+            tiles = [baselines[s], result.image(s, 1)[0], result.image(s, 1 + oracle)[0], shown["auto"], *(shown[m] for m in ("negative_scale", "perp_neg", "sigma_window", "dng"))]
+            labels = ["no negative", "start 0", f"oracle {oracle}", f"auto {record['auto_starts']['auto'][0]}", "neg. scale", "perp-neg", "sigma win.", "dng"]
+            examples.append((row, labelled_row(tiles, labels, min_tile=96)))
+        if progress is not None:
+            progress(i + 1, len(rows), time.time() - t0)
+
+    table = [_summarize(name, c) for name, c in cells.items()]
+    with open(out / "table.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(table[0]))
+        writer.writeheader()
+        for r in table:
+            writer.writerow({k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()})
+
+    def within(name: str) -> tuple[float, float]:
+        prompt_hits = [abs(round(float(np.mean(p["auto_starts"][name]))) - p["oracle"]) <= 1 for p in per_prompt]
+        image_hits = [abs(s - p["oracle"]) <= 1 for p in per_prompt for s in p["auto_starts"][name]]
+        return float(np.mean(prompt_hits)), float(np.mean(image_hits))
+
+    auto_names = [m for m in todo if m.startswith("auto")]
+    by_method = {r["method"]: r for r in table}
+    summary = {
+        "auto_within_one_step": within("auto")[0],
+        "auto_within_one_step_images": within("auto")[1],
+        "candidates_within_one_step": {m: dict(zip(("prompts", "images"), within(m))) for m in auto_names},
+        "auto_beats_start0_structure": (by_method["auto"]["ssim_to_no_negative"] or 0) > (by_method[next(iter(fixed))]["ssim_to_no_negative"] or 0),
+        "auto_removal_vs_start0": [by_method["auto"]["removal_success"], by_method[next(iter(fixed))]["removal_success"]],
+        "table": table,
+        "prompts": per_prompt,
+        "config": asdict(cfg),
+        "wall_s": round(time.time() - t0, 1),
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
+    if examples:
+        from PIL import Image
+
+        width = max(im.width for _, im in examples)
+        grid = Image.new("RGB", (width, sum(im.height for _, im in examples)), "white")
+        y = 0
+        for _, im in examples:
+            grid.paste(im, (0, y))
+            y += im.height
+        grid.save(out / "examples.png")
+    return summary
+
+
+def _seeds(text: str) -> tuple[int, ...]:
+    from .commands import parse_steps
+
+    return tuple(parse_steps(text, "seeds"))
+
+
+def cmd_bench_guidance(args: argparse.Namespace) -> int:
+    import sys
+
+    if args.prompts < 1:
+        raise InputError("prompts", args.prompts, "must be at least 1")
+    if args.steps < 2:
+        raise InputError("steps", args.steps, "must be at least 2")
+    cfg = BenchConfig(out=args.out, model=args.model, prompts=args.prompts, seeds=_seeds(args.seeds), steps=args.steps,
+                      guidance_scale=args.guidance_scale, study=args.study, threads=args.threads, examples=args.examples)
+
+    def progress(done: int, total: int, elapsed: float) -> None:
+        print(f"bench-guidance: prompt {done}/{total} ({elapsed:.0f}s)", file=sys.stderr)
+
+    summary = run(cfg, progress)
+    for row in summary["table"]:
+        print(", ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
+    print(f"auto_within_one_step={summary['auto_within_one_step']:.2f} wall_s={summary['wall_s']}")
+    print(Path(cfg.out) / "table.csv")
+    return 0
+
+
+def register(subparsers) -> None:
+    """Add ``bench-guidance`` to the ``negschedule`` parser's subparsers."""
+    p = subparsers.add_parser("bench-guidance", help="every negative-guidance method on held-out toy-world prompts: one table")
+    p.add_argument("--out", required=True, help="folder for table.csv, summary.json, examples.png")
+    p.add_argument("--model", default=None, help="toy-world pipeline folder; default: the embedded model")
+    p.add_argument("--prompts", type=int, default=20, help="held-out captions (half two-shape, half night/moon)")
+    p.add_argument("--seeds", default="0,1", help="0,1 or 0:4")
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--guidance-scale", type=float, default=7.5)
+    p.add_argument("--study", action="store_true", help="also run auto's candidate signals and thresholds")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--examples", type=int, default=4, help="prompts shown in examples.png")
+    p.set_defaults(func=cmd_bench_guidance)
+
+
+__all__ = ["BenchConfig", "methods", "prompt_set", "register", "run"]
