@@ -1,0 +1,34 @@
+"""bench-guidance end to end on a few prompts and steps: the files, the rows, the summary's figures."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+from negschedule.cli import main
+
+
+def test_bench_guidance_writes_table_and_summary(tmp_path, tiny_sd, capsys):
+    model = tmp_path / "model"
+    tiny_sd.save_pretrained(model)
+    out = tmp_path / "bench"
+    code = main(["bench-guidance", "--out", str(out), "--model", str(model), "--prompts", "2", "--seeds", "0", "--steps", "4",
+                 "--threads", "1", "--examples", "1"])
+    assert code == 0, capsys.readouterr().err
+    rows = list(csv.DictReader(open(out / "table.csv")))
+    methods = [r["method"] for r in rows]
+    assert methods[:4] == ["start 0 (0%)", "start 0 (10%)", "start 0 (20%)", "start 1 (33%)"]
+    assert {"oracle", "auto", "negative_scale", "perp_neg", "sigma_window", "dng"} <= set(methods)
+    for column in ("removal_success", "reverse_activation", "ssim_to_no_negative", "positive_fidelity", "evaluations_per_image"):
+        assert column in rows[0]
+    cost = {r["method"]: float(r["evaluations_per_image"]) for r in rows}
+    assert cost["start 1 (33%)"] == 8 and cost["negative_scale"] == cost["perp_neg"] == cost["dng"] == 12
+    assert cost["auto"] <= 1.3 * 8
+    summary = json.loads((out / "summary.json").read_text())
+    assert 0.0 <= summary["auto_within_one_step"] <= 1.0
+    assert len(summary["prompts"]) == 2 and (out / "examples.png").exists()
+
+
+def test_bench_guidance_bad_input(tmp_path, capsys):
+    assert main(["bench-guidance", "--out", str(tmp_path / "b"), "--prompts", "0"]) == 2
+    assert "prompts=" in capsys.readouterr().err
