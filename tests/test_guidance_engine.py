@@ -137,3 +137,16 @@ def test_cli_guidance_flag(tmp_path, capsys):
     bad = tmp_path / "bad.png"
     assert main(["generate", "--prompt", PROMPT, "--negative-prompt", NEG, "--guidance", "nope", "--out", str(bad)]) == 2
     assert "guidance=" in capsys.readouterr().err and not bad.exists()
+
+
+def test_auto_run_and_delay(tiny_sd):
+    auto = AutoStart(signal=Signal.DETECTOR, detector=lambda image: True, min_step=0, run=2, delay=1, max_start=1.0)
+    kw = {**KW, "num_inference_steps": 6}
+    res = sample_guided(tiny_sd, "cfg", [3], negative_prompt=NEG, negative_start="auto", auto=auto, **kw)
+    assert res.starts[3] == 3  # seen at steps 0 and 1 -> decided at 1 -> next step 2, plus a delay of 1
+    assert len(res.traces[3]) == 2 and res.model_evaluations == 2 * 6
+    fixed = generate(tiny_sd, negative_prompt=NEG, negative_start=3, generator=torch.Generator().manual_seed(3), **kw).images
+    assert torch.equal(res.latents[3], fixed)
+    # The cap: a late plan is cut to max_start.
+    late = AutoStart(signal=Signal.DETECTOR, detector=lambda image: True, min_step=0, delay=5, max_start=0.5)
+    assert sample_guided(tiny_sd, "cfg", [3], negative_prompt=NEG, negative_start="auto", auto=late, **kw).starts[3] == 3

@@ -52,6 +52,12 @@ class AutoStart:
     min_step: int = 1
     # Start here at the latest (fraction of the steps): bounds the cost and acts on late concepts.
     max_start: float = 0.5
+    # The signal must hold on this many consecutive probed steps (a concept that flickers in the
+    # early, blurry previews is not yet drawn).
+    run: int = 1
+    # Steps between the signal and the start (the negative can still remove a concept a few steps
+    # after it first shows, and every step later keeps more of the structure).
+    delay: int = 0
     # DETECTOR: image -> bool; None = the toy world's exact detector for the negative prompt.
     detector: Callable[[Any], bool] | None = None
 
@@ -65,6 +71,10 @@ class AutoStart:
             raise InputError("max_start", self.max_start, "a fraction of the steps, in [0, 1]")
         if self.min_step < 0:
             raise InputError("min_step", self.min_step, "must be >= 0")
+        if self.run < 1:
+            raise InputError("run", self.run, "must be >= 1")
+        if self.delay < 0:
+            raise InputError("delay", self.delay, "must be >= 0")
 
     def cost_bound(self) -> float:
         """The most this costs, in units of a plain generation's model evaluations."""
@@ -91,6 +101,7 @@ class _Decider:
         self.steps = sampler.engine.steps
         self.latest = int(settings.max_start * self.steps)
         self.needs_negative = settings.signal is Signal.ALIGNMENT
+        self.streak = 0
         self.detector = None
         if settings.signal is Signal.DETECTOR:
             self.detector = settings.detector
@@ -116,13 +127,15 @@ class _Decider:
         return pipe.image_processor.postprocess(image, output_type="pil")[0]
 
     def decide(self, step: int, signals: dict[str, float]) -> bool:
-        if step >= self.latest:
-            return True
+        """Whether the signal has held for ``run`` consecutive probed steps (from ``min_step`` on)."""
         if step < self.settings.min_step:
             return False
         if self.settings.signal is Signal.DETECTOR:
-            return bool(signals.get("detected"))
-        return signals.get("alignment", -math.inf) >= self.settings.threshold
+            hit = bool(signals.get("detected"))
+        else:
+            hit = signals.get("alignment", -math.inf) >= self.settings.threshold
+        self.streak = self.streak + 1 if hit else 0
+        return self.streak >= self.settings.run
 
 
 __all__ = ["AutoStart", "Signal", "alignment"]

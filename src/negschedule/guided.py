@@ -232,16 +232,22 @@ class GuidedSampler:
         return state, start, trace
 
     def _auto_pass(self, decider, scheduler, x, t, step: int, start: int | None, trace: list):
-        """One pass under ``negative_start="auto"``: probe until the decider starts the negative."""
+        """One pass under ``negative_start="auto"``: probe until the decider plans the start, then follow the plan.
+
+        A signal read at step ``s`` from the negative's own prediction can act at ``s`` (that
+        prediction is at hand); one read from the x0 preview of the empty-prompt CFG can act from
+        ``s + 1``. ``AutoStart.delay`` adds steps; the start never passes ``max_start``.
+        """
         engine = self.engine
         w = engine.guidance_scale
         cond_off = engine._condition(self.off_key)
         cond_neg = engine._condition(self.negative_key)
         if start is None and step >= decider.latest:
-            start = step  # the latest start allowed: no more probing
+            start = decider.latest  # the latest start allowed: no more probing
         if start is not None:
-            eps_neg, eps_pos = self._pass(x, scheduler, t, cond_neg, 2)
-            return self._rescale(cfg(eps_neg, eps_pos, w), eps_pos), start
+            cond = cond_neg if step >= start else cond_off
+            eps_first, eps_pos = self._pass(x, scheduler, t, cond, 2)
+            return self._rescale(cfg(eps_first, eps_pos, w), eps_pos), start
         if decider.needs_negative:
             cond = self._rows([cond_off, cond_neg, cond_off], ["neg", "neg", "pos"])
             eps_u, eps_neg, eps_pos = self._pass(x, scheduler, t, cond, 3)
@@ -251,12 +257,10 @@ class GuidedSampler:
         signals = decider.signals(x, t, step, eps_u, eps_pos, eps_neg)
         trace.append({"step": step, **signals})
         if decider.decide(step, signals):
-            start = step
-            if eps_neg is None:
-                # The detector saw the concept in this step's prediction; the negative acts from the next pass.
-                return self._rescale(cfg(eps_u, eps_pos, w), eps_pos), step + 1
-            return self._rescale(cfg(eps_neg, eps_pos, w), eps_pos), start
-        return self._rescale(cfg(eps_u, eps_pos, w), eps_pos), None
+            start = min(decider.latest, step + (0 if eps_neg is not None else 1) + decider.settings.delay)
+            if start == step:
+                return self._rescale(cfg(eps_neg, eps_pos, w), eps_pos), start
+        return self._rescale(cfg(eps_u, eps_pos, w), eps_pos), start
 
 
 def sample_guided(pipe, guidance, seeds: Sequence[int], negative_prompt: str | None = None, negative_start=None, negative_end=None, auto=None, **pipeline_kwargs) -> GuidedResult:
