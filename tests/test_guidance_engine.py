@@ -150,3 +150,11 @@ def test_auto_run_and_delay(tiny_sd):
     # The cap: a late plan is cut to max_start.
     late = AutoStart(signal=Signal.DETECTOR, detector=lambda image: True, min_step=0, delay=5, max_start=0.5)
     assert sample_guided(tiny_sd, "cfg", [3], negative_prompt=NEG, negative_start="auto", auto=late, **kw).starts[3] == 3
+
+
+def test_auto_settings_through_generate(tiny_sd):
+    auto = AutoStart(signal=Signal.ALIGNMENT, threshold=-2.0, min_step=1)
+    out = run(tiny_sd, None, negative_start=auto)
+    assert out.negative_start == 1 and out.model_evaluations == 3 * 2 + 2 * (N - 2)
+    fixed = generate(tiny_sd, negative_prompt=NEG, negative_start=1, generator=torch.Generator().manual_seed(3), **KW).images
+    assert torch.allclose(out.images, fixed, atol=1e-4)

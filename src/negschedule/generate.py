@@ -166,7 +166,9 @@ def _needs_engine(guidance, negative_start) -> bool:
     """Rules other than (timed) CFG, and ``negative_start="auto"``, run in the engine (guided.py)."""
     from .guidance import Guidance, GuidanceRule
 
-    if isinstance(negative_start, str):
+    from .auto import AutoStart
+
+    if isinstance(negative_start, (str, AutoStart)):
         return True
     return Guidance.of(guidance).rule not in (GuidanceRule.CFG, GuidanceRule.TIMED)
 
@@ -195,7 +197,7 @@ def generate(
 
     ``guidance``: a :class:`~negschedule.guidance.Guidance` or rule name (``"cfg"``, ``"timed"``,
     ``"negative_scale"``, ``"perp_neg"``, ``"sigma_window"``, ``"dng"``); ``negative_start="auto"``
-    finds the start while sampling (``auto.py``). Plain CFG (the default) and the timed negative
+    (or an :class:`~negschedule.auto.AutoStart` with other settings) finds the start while sampling. Plain CFG (the default) and the timed negative
     run here on the stock pipeline; the other rules and "auto" run in the engine (``guided.py``).
     """
     if _needs_engine(guidance, negative_start):

@@ -80,6 +80,10 @@ class GuidedSampler:
         self.engine = engine = Engine(pipe, **pipeline_kwargs)
         rule = self.guidance.rule
         self.auto = None
+        from .auto import AutoStart
+
+        if isinstance(negative_start, AutoStart):
+            auto, negative_start = negative_start, "auto"
         if isinstance(negative_start, str):
             if negative_start.strip().lower() != "auto":
                 raise InputError("negative_start", negative_start, 'a step, a fraction or "auto"')
