@@ -158,3 +158,15 @@ def test_auto_settings_through_generate(tiny_sd):
     assert out.negative_start == 1 and out.model_evaluations == 3 * 2 + 2 * (N - 2)
     fixed = generate(tiny_sd, negative_prompt=NEG, negative_start=1, generator=torch.Generator().manual_seed(3), **KW).images
     assert torch.allclose(out.images, fixed, atol=1e-4)
+
+
+def test_auto_attention_signal(tiny_sd):
+    processors = dict(tiny_sd.unet.attn_processors)
+    auto = AutoStart(signal=Signal.ATTENTION, attention_threshold=0.0, min_step=1)
+    res = sample_guided(tiny_sd, "cfg", [3], negative_prompt=NEG, negative_start="auto", auto=auto, **KW)
+    assert res.starts[3] == 1 and res.model_evaluations == 3 * 2 + 2 * (N - 2)
+    assert [0.1 <= t["attention"] <= 1.0 for t in res.traces[3]] == [True, True]
+    assert dict(tiny_sd.unet.attn_processors).keys() == processors.keys()
+    assert all(type(p) is type(processors[k]) for k, p in tiny_sd.unet.attn_processors.items())  # restored
+    fixed = generate(tiny_sd, negative_prompt=NEG, negative_start=1, generator=torch.Generator().manual_seed(3), **KW).images
+    assert torch.allclose(res.latents[3], fixed, atol=1e-4)

@@ -10,12 +10,16 @@ sample. Signals available during sampling (:class:`Signal`):
   with the empty prompt), decoded by the VAE and shown to a concept detector (the toy world's exact
   detector by default, any ``image -> bool`` callable otherwise): start as soon as the concept is
   seen. No extra model evaluation; one VAE decode per probed step.
+* ``ATTENTION`` - the cross-attention of the negative prompt's tokens on the current latent, in
+  the negative's own pass (``attention.py``'s capture): the share of it on the top 10 % of the
+  latent's pixels, high once the negative "sees" a thing it names (Ban et al.'s delay). Needs the
+  negative's prediction, one extra evaluation per probed step.
 * ``ALIGNMENT`` - the cosine between the negative's and the positive's guidance directions,
   ``cos(eps_neg - eps_u, eps_pos - eps_u)``: high once the prompt's prediction moves where the
   negative's does. Needs the negative's prediction, one extra evaluation per probed step.
 
 Whatever the signal, the negative starts at ``max_start`` (a fraction of the steps) at the latest,
-which bounds the cost: probing with ``ALIGNMENT`` costs 3 evaluations per step instead of 2 for at
+which bounds the cost: probing with ``ALIGNMENT`` or ``ATTENTION`` costs 3 evaluations per step instead of 2 for at
 most ``max_start`` of the steps, so at most ``1 + max_start / 2`` times a plain generation (1.25x
 at the default 0.5). Which signal is the default, and its threshold, come from the study in
 ``docs/guidance.md`` (toy world, held-out prompts).
@@ -39,6 +43,7 @@ class Signal(enum.Enum):
 
     DETECTOR = "detector"  # a concept detector on the decoded x0 prediction (no extra evaluation)
     ALIGNMENT = "alignment"  # cos(eps_neg - eps_u, eps_pos - eps_u) (one extra evaluation per probed step)
+    ATTENTION = "attention"  # how concentrated the negative tokens' cross-attention is (one extra evaluation)
 
 
 @dataclass(frozen=True)
@@ -48,6 +53,8 @@ class AutoStart:
     signal: Signal = Signal.DETECTOR
     # ALIGNMENT: start once the cosine reaches this.
     threshold: float = 0.5
+    # ATTENTION: start once this share of the negative tokens' attention falls on the top 10% of the latent's pixels.
+    attention_threshold: float = 0.3
     # Never before this step (the first steps' x0 is a blur that no detector can read).
     min_step: int = 1
     # Start here at the latest (fraction of the steps): bounds the cost and acts on late concepts.
@@ -78,7 +85,7 @@ class AutoStart:
 
     def cost_bound(self) -> float:
         """The most this costs, in units of a plain generation's model evaluations."""
-        return 1.0 + self.max_start / 2 if self.signal is Signal.ALIGNMENT else 1.0
+        return 1.0 + self.max_start / 2 if self.signal is not Signal.DETECTOR else 1.0
 
     def decider(self, sampler, seed: int) -> "_Decider":
         return _Decider(self, sampler)
@@ -100,8 +107,17 @@ class _Decider:
         self.sampler = sampler
         self.steps = sampler.engine.steps
         self.latest = int(settings.max_start * self.steps)
-        self.needs_negative = settings.signal is Signal.ALIGNMENT
+        self.needs_negative = settings.signal is not Signal.DETECTOR
         self.streak = 0
+        self.capture = None
+        if settings.signal is Signal.ATTENTION:
+            from .attention import CrossAttentionCapture
+
+            pipe, engine = sampler.engine.pipe, sampler.engine
+            ids = pipe.tokenizer(sampler.negative_prompt, truncation=True, max_length=pipe.tokenizer.model_max_length)["input_ids"]
+            columns = list(range(1, len(ids) - 1))  # the negative's words: not BOS, not EOS
+            latent_hw = (engine.height // pipe.vae_scale_factor, engine.width // pipe.vae_scale_factor)
+            self.capture = CrossAttentionCapture(pipe.unet, columns, latent_hw).__enter__()
         self.detector = None
         if settings.signal is Signal.DETECTOR:
             self.detector = settings.detector
@@ -110,8 +126,35 @@ class _Decider:
 
                 self.detector = ToyDetector(sampler.negative_prompt)
 
+    def before_probe(self, step: int) -> None:
+        if self.capture is not None:
+            self.capture.step = step
+
+    def after_probe(self) -> None:
+        if self.capture is not None:
+            self.capture.step = None
+
+    def close(self) -> None:
+        """Give the UNet its own attention processors back."""
+        if self.capture is not None:
+            self.capture.__exit__(None, None, None)
+            self.capture = None
+
+    def _concentration(self, step: int) -> float | None:
+        sink = self.capture.sink
+        if step not in sink.sums:
+            return None
+        maps = sink.sums.pop(step) / sink.counts.pop(step)  # (rows, columns, H, W); row 1 is the negative's
+        m = maps[1].mean(dim=0).flatten().double()
+        top = max(1, m.numel() // 10)
+        return float(m.topk(top).values.sum() / m.sum().clamp_min(1e-12))
+
     def signals(self, x, t, step: int, eps_u, eps_pos, eps_neg) -> dict[str, float]:
         out: dict[str, float] = {}
+        if self.capture is not None:
+            concentration = self._concentration(step)
+            if concentration is not None:
+                out["attention"] = concentration
         if eps_neg is not None:
             out["alignment"] = alignment(eps_u, eps_pos, eps_neg)
         if self.detector is not None and step >= self.settings.min_step:
@@ -132,6 +175,8 @@ class _Decider:
             return False
         if self.settings.signal is Signal.DETECTOR:
             hit = bool(signals.get("detected"))
+        elif self.settings.signal is Signal.ATTENTION:
+            hit = signals.get("attention", -math.inf) >= self.settings.attention_threshold
         else:
             hit = signals.get("alignment", -math.inf) >= self.settings.threshold
         self.streak = self.streak + 1 if hit else 0

@@ -183,19 +183,27 @@ class GuidedSampler:
 
     def _sample_one(self, seed: int):
         engine = self.engine
+        state = engine._root(seed, self.keys[0][2])
+        extra = engine.pipe.prepare_extra_step_kwargs(None, engine.eta)
+        rows = engine.batch * engine.num_images_per_prompt
+        posterior = torch.full((rows,), self.guidance.prior, dtype=torch.float64)
+        decider = self.auto.decider(self, seed) if self.auto is not None else None
+        cond_off = engine._condition(self.off_key)
+        try:
+            return self._loop(state, decider, posterior, extra, cond_off)
+        finally:
+            if decider is not None:
+                decider.close()
+
+    def _loop(self, state, decider, posterior, extra, cond_off):
+        engine = self.engine
         g = self.guidance
         rule = g.rule
         w = engine.guidance_scale
         n_scale = w if g.negative_scale is None else g.negative_scale
-        state = engine._root(seed, self.keys[0][2])
-        extra = engine.pipe.prepare_extra_step_kwargs(None, engine.eta)
-        rows = engine.batch * engine.num_images_per_prompt
-        posterior = torch.full((rows,), g.prior, dtype=torch.float64)
-        decider = self.auto.decider(self, seed) if self.auto is not None else None
+        timesteps = engine.timesteps
         start: int | None = None
         trace: list[dict[str, float]] = []
-        timesteps = engine.timesteps
-        cond_off = engine._condition(self.off_key)
         with torch.no_grad():
             for p, t in enumerate(timesteps):
                 step = engine.pass_steps[p]
@@ -254,7 +262,11 @@ class GuidedSampler:
             return self._rescale(cfg(eps_first, eps_pos, w), eps_pos), start
         if decider.needs_negative:
             cond = self._rows([cond_off, cond_neg, cond_off], ["neg", "neg", "pos"])
-            eps_u, eps_neg, eps_pos = self._pass(x, scheduler, t, cond, 3)
+            decider.before_probe(step)
+            try:
+                eps_u, eps_neg, eps_pos = self._pass(x, scheduler, t, cond, 3)
+            finally:
+                decider.after_probe()
         else:
             eps_u, eps_pos = self._pass(x, scheduler, t, cond_off, 2)
             eps_neg = None
