@@ -17,7 +17,7 @@ def test_bench_guidance_writes_table_and_summary(tmp_path, tiny_sd, capsys):
     assert code == 0, capsys.readouterr().err
     rows = list(csv.DictReader(open(out / "table.csv")))
     methods = [r["method"] for r in rows]
-    assert methods[:4] == ["start 0 (0%)", "start 0 (10%)", "start 0 (20%)", "start 1 (33%)"]
+    assert methods[:5] == ["no negative", "start 0 (0%)", "start 0 (10%)", "start 0 (20%)", "start 1 (33%)"]
     assert {"oracle", "auto", "negative_scale", "perp_neg", "sigma_window", "dng"} <= set(methods)
     for column in ("removal_success", "reverse_activation", "ssim_to_no_negative", "positive_fidelity", "evaluations_per_image"):
         assert column in rows[0]

@@ -157,7 +157,7 @@ def run(cfg: BenchConfig, progress=None) -> dict[str, Any]:
     fixed = {f"start {int(f * n)} ({f:.0%})": int(f * n) for f in FIXED}
     rows = prompt_set(cfg)
     todo = methods(cfg)
-    cells: dict[str, list[dict[str, Any]]] = {name: [] for name in [*fixed, "oracle", *todo]}
+    cells: dict[str, list[dict[str, Any]]] = {name: [] for name in ["no negative", *fixed, "oracle", *todo]}
     per_prompt: list[dict[str, Any]] = []
     examples = []
     common = dict(num_inference_steps=n, guidance_scale=cfg.guidance_scale, output_type="pil")
@@ -173,6 +173,7 @@ def run(cfg: BenchConfig, progress=None) -> dict[str, Any]:
         score = {k: (np.mean([not sweep[s][k]["present"] for s in cfg.seeds]), np.mean([sweep[s][k]["ssim"] for s in cfg.seeds])) for k in range(last + 1)}
         oracle = max(range(last + 1), key=lambda k: (score[k][0], score[k][1], -k))
         for s in cfg.seeds:
+            cells["no negative"].append({**_measure(baselines[s], baselines[s], base_objects[s], row), "evaluations": 2 * n, "start": None})
             for name, k in fixed.items():
                 cells[name].append({**sweep[s][k], "evaluations": 2 * n, "start": k})
             cells["oracle"].append({**sweep[s][oracle], "evaluations": sweep_cost, "start": oracle})
@@ -217,6 +218,7 @@ def run(cfg: BenchConfig, progress=None) -> dict[str, Any]:
         "auto_within_one_step_images": within("auto")[1],
         "candidates_within_one_step": {m: dict(zip(("prompts", "images"), within(m))) for m in auto_names},
         "auto_beats_start0_structure": (by_method["auto"]["ssim_to_no_negative"] or 0) > (by_method[next(iter(fixed))]["ssim_to_no_negative"] or 0),
+        "auto_removal_at_least_start0": (by_method["auto"]["removal_success"] or 0) >= (by_method[next(iter(fixed))]["removal_success"] or 0),
         "auto_removal_vs_start0": [by_method["auto"]["removal_success"], by_method[next(iter(fixed))]["removal_success"]],
         "table": table,
         "prompts": per_prompt,
