@@ -158,6 +158,7 @@ class NegativeScheduleCallback(PipelineCallback):
             if sdxl:
                 kw["add_text_embeds"], kw["add_time_ids"] = pooled, time_ids
             return
+        self._encoder.device = positive.device
         negative = self._encoder(new)
         pipeline._guidance_scale = self.guidance_scale
         kw["prompt_embeds"] = torch.cat([negative.prompt_embeds.to(positive), positive])

@@ -63,6 +63,7 @@ class NegativeEncoder:
     def __init__(self, pipe, encode_kwargs: dict[str, Any], weighted=None):
         self.pipe = pipe
         self.weighted = weighted
+        self.device: torch.device | None = None  # where the pipeline runs; set by the callback
         # SD's encode_prompt takes these positionally, with no defaults.
         self.encode_kwargs = {"prompt": None, "num_images_per_prompt": 1, **encode_kwargs}
         self.num_images_per_prompt = self.encode_kwargs["num_images_per_prompt"]
@@ -85,7 +86,9 @@ class NegativeEncoder:
         kwargs = dict(self.encode_kwargs)
         prompt = kwargs.get("prompt")
         negative = negative_argument(key, prompt)
-        device = getattr(pipe, "_execution_device", None) or pipe.device
+        # The pipeline's _execution_device walks every module (about 10 ms): the callback tells us
+        # the device instead, from the embeddings it holds.
+        device = self.device or getattr(pipe, "_execution_device", None) or pipe.device
         with torch.no_grad():
             if is_sdxl(pipe):
                 out = pipe.encode_prompt(
