@@ -18,11 +18,11 @@ def test_bench_guidance_writes_table_and_summary(tmp_path, tiny_sd, capsys):
     rows = list(csv.DictReader(open(out / "table.csv")))
     methods = [r["method"] for r in rows]
     assert methods[:5] == ["no negative", "start 0 (0%)", "start 0 (10%)", "start 0 (20%)", "start 1 (33%)"]
-    assert {"oracle", "auto", "negative_scale", "perp_neg", "sigma_window", "dng"} <= set(methods)
+    assert {"oracle", "auto", "negative_scale", "perp_neg", "sigma_window", "dng (prior 0.1, T 1)"} <= set(methods)
     for column in ("removal_success", "reverse_activation", "ssim_to_no_negative", "positive_fidelity", "evaluations_per_image"):
         assert column in rows[0]
     cost = {r["method"]: float(r["evaluations_per_image"]) for r in rows}
-    assert cost["start 1 (33%)"] == 8 and cost["negative_scale"] == cost["perp_neg"] == cost["dng"] == 12
+    assert cost["start 1 (33%)"] == 8 and cost["negative_scale"] == cost["perp_neg"] == cost["dng (prior 0.1, T 1)"] == 12
     assert cost["auto"] <= 1.3 * 8
     summary = json.loads((out / "summary.json").read_text())
     assert 0.0 <= summary["auto_within_one_step"] <= 1.0

@@ -120,7 +120,11 @@ def test_bad_guidance_input(tiny_sd):
     with pytest.raises(InputError, match="negative_start"):
         run(tiny_sd, "perp_neg", negative_start="auto")
     with pytest.raises(InputError, match="concept"):
-        run(tiny_sd, "cfg", negative_start="auto")  # "blue hat" is no toy-world concept for the default detector
+        # "blue hat" is no toy-world concept for the default detector
+        run(tiny_sd, "cfg", negative_start=AutoStart(signal=Signal.DETECTOR))
+    # The default signal (attention) needs no detector: any concept, any model.
+    out = run(tiny_sd, "cfg", negative_start="auto")
+    assert 1 <= out.negative_start <= N // 2 and out.model_evaluations <= 1.25 * 2 * N
 
 
 def test_cli_guidance_flag(tmp_path, capsys):

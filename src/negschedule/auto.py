@@ -10,6 +10,10 @@ sample. Signals available during sampling (:class:`Signal`):
   with the empty prompt), decoded by the VAE and shown to a concept detector (the toy world's exact
   detector by default, any ``image -> bool`` callable otherwise): start as soon as the concept is
   seen. No extra model evaluation; one VAE decode per probed step.
+* ``NEGATIVE_PREVIEW`` - the same detector on the x0 predicted with the negative acting (CFG with
+  the negative prompt in place of the empty one, the step's own predictions): while the negative
+  still hides the concept from the clean-image estimate it can still remove it later, so wait;
+  start once even the negative-guided estimate shows it. One extra evaluation per probed step.
 * ``ATTENTION`` - the cross-attention of the negative prompt's tokens on the current latent, in
   the negative's own pass (``attention.py``'s capture): the share of it on the top 10 % of the
   latent's pixels, high once the negative "sees" a thing it names (Ban et al.'s delay). Needs the
@@ -43,6 +47,7 @@ class Signal(enum.Enum):
 
     DETECTOR = "detector"  # a concept detector on the decoded x0 prediction (no extra evaluation)
     ALIGNMENT = "alignment"  # cos(eps_neg - eps_u, eps_pos - eps_u) (one extra evaluation per probed step)
+    NEGATIVE_PREVIEW = "negative_preview"  # the detector on the x0 of the negative-guided prediction (one extra evaluation)
     ATTENTION = "attention"  # how concentrated the negative tokens' cross-attention is (one extra evaluation)
 
 
@@ -50,11 +55,12 @@ class Signal(enum.Enum):
 class AutoStart:
     """How ``negative_start="auto"`` decides; defaults are the best of the study in docs/guidance.md."""
 
-    signal: Signal = Signal.DETECTOR
+    signal: Signal = Signal.ATTENTION
     # ALIGNMENT: start once the cosine reaches this.
     threshold: float = 0.5
     # ATTENTION: start once this share of the negative tokens' attention falls on the top 10% of the latent's pixels.
-    attention_threshold: float = 0.3
+    # 0.16 is the study's best on the toy model (docs/guidance.md); uniform attention gives 0.10.
+    attention_threshold: float = 0.16
     # Never before this step (the first steps' x0 is a blur that no detector can read).
     min_step: int = 1
     # Start here at the latest (fraction of the steps): bounds the cost and acts on late concepts.
@@ -119,7 +125,7 @@ class _Decider:
             latent_hw = (engine.height // pipe.vae_scale_factor, engine.width // pipe.vae_scale_factor)
             self.capture = CrossAttentionCapture(pipe.unet, columns, latent_hw).__enter__()
         self.detector = None
-        if settings.signal is Signal.DETECTOR:
+        if settings.signal in (Signal.DETECTOR, Signal.NEGATIVE_PREVIEW):
             self.detector = settings.detector
             if self.detector is None:
                 from .experiments.detectors import ToyDetector
@@ -157,7 +163,11 @@ class _Decider:
                 out["attention"] = concentration
         if eps_neg is not None:
             out["alignment"] = alignment(eps_u, eps_pos, eps_neg)
-        if self.detector is not None and step >= self.settings.min_step:
+        if self.settings.signal is Signal.NEGATIVE_PREVIEW:
+            if step >= self.settings.min_step:
+                guided = cfg(eps_neg, eps_pos, self.sampler.engine.guidance_scale)
+                out["negative_preview"] = float(self.detector(self.preview(x, t, guided)))
+        elif self.detector is not None and step >= self.settings.min_step:
             out["detected"] = float(self.detector(self.preview(x, t, cfg(eps_u, eps_pos, self.sampler.engine.guidance_scale))))
         return out
 
@@ -175,6 +185,8 @@ class _Decider:
             return False
         if self.settings.signal is Signal.DETECTOR:
             hit = bool(signals.get("detected"))
+        elif self.settings.signal is Signal.NEGATIVE_PREVIEW:
+            hit = bool(signals.get("negative_preview"))
         elif self.settings.signal is Signal.ATTENTION:
             hit = signals.get("attention", -math.inf) >= self.settings.attention_threshold
         else:

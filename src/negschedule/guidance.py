@@ -201,7 +201,9 @@ class Guidance:
 
     rule: GuidanceRule = GuidanceRule.CFG
     # negative_scale / perp_neg: the negative's weight n; dng: lambda (the scale at p/(1-p) = 1).
-    # None: the positive guidance_scale (kohya's default when --negative_scale is not given).
+    # None: the rule's own default - negative_scale and dng: the positive guidance_scale (kohya's
+    # default when --negative_scale is not given); perp_neg: 1 (ComfyUI PerpNegGuider's neg_scale;
+    # its n sits inside the scale g, so n = g would weigh the negative g^2).
     negative_scale: float | None = None
     # sigma_window: guidance for sigma in [sigma_min, sigma_max]; None is unbounded on that side.
     # Defaults: A1111-style "minimum sigma" of 0.28 off (None) and the paper's SD-XL upper bound off.
@@ -243,6 +245,12 @@ class Guidance:
             raise InputError("p_max", self.p_max, "need 0 < p_min < p_max < 1")
         if self.temperature < 0:
             raise InputError("temperature", self.temperature, "must be >= 0")
+
+    def resolved_negative_scale(self, guidance_scale: float) -> float:
+        """The negative weight this rule uses with positive scale ``guidance_scale``."""
+        if self.negative_scale is not None:
+            return self.negative_scale
+        return 1.0 if self.rule is GuidanceRule.PERP_NEG else guidance_scale
 
     def evaluations_per_step(self, inside_window: bool = True) -> int:
         """Model evaluations per latent per step: CFG/timed 2, three-branch rules 3, sigma window 2 inside / 1 outside."""

@@ -200,7 +200,7 @@ class GuidedSampler:
         g = self.guidance
         rule = g.rule
         w = engine.guidance_scale
-        n_scale = w if g.negative_scale is None else g.negative_scale
+        n_scale = g.resolved_negative_scale(w)
         timesteps = engine.timesteps
         start: int | None = None
         trace: list[dict[str, float]] = []

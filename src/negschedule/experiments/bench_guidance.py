@@ -98,13 +98,14 @@ def methods(cfg: BenchConfig) -> dict[str, Any]:
         "perp_neg": (Guidance(GuidanceRule.PERP_NEG), None, None),
         # The guidance interval the paper reports for SD-XL, (0.28, 5.42]; the toy model shares SD's schedule.
         "sigma_window": (Guidance(GuidanceRule.SIGMA_WINDOW, sigma_min=0.28, sigma_max=5.42), None, None),
-        "dng": (Guidance(GuidanceRule.DNG), None, None),
+        # The reference implementation's defaults (prior 0.01, T 0.2) never act at 20 DDIM steps on
+        # the toy model (removal 0 on the study prompts); prior 0.1, T 1 was the study's best balance.
+        "dng (prior 0.1, T 1)": (Guidance(GuidanceRule.DNG, prior=0.1, temperature=1.0), None, None),
     }
     if cfg.study:
-        for threshold in (0.3, 0.5, 0.7):
-            out[f"auto[alignment>={threshold}]"] = (None, "auto", AutoStart(signal=Signal.ALIGNMENT, threshold=threshold, max_start=cfg.max_start))
-        out["auto[detector,min_step=0]"] = (None, "auto", AutoStart(min_step=0, max_start=cfg.max_start))
-        out["auto[detector,min_step=2]"] = (None, "auto", AutoStart(min_step=2, max_start=cfg.max_start))
+        # The other candidates of the study (docs/guidance.md), for the record on the held-out prompts.
+        out["auto[detector, +4]"] = (None, "auto", AutoStart(signal=Signal.DETECTOR, delay=4, max_start=cfg.max_start))
+        out["auto[negative_preview, run 3, +2]"] = (None, "auto", AutoStart(signal=Signal.NEGATIVE_PREVIEW, min_step=3, run=3, delay=2, max_start=cfg.max_start))
     return out
 
 
@@ -193,7 +194,7 @@ def run(cfg: BenchConfig, progress=None) -> dict[str, Any]:
         per_prompt.append(record)
         if i < cfg.examples:
             s = cfg.seeds[0]
-            tiles = [baselines[s], result.image(s, 1)[0], result.image(s, 1 + oracle)[0], shown["auto"], *(shown[m] for m in ("negative_scale", "perp_neg", "sigma_window", "dng"))]
+            tiles = [baselines[s], result.image(s, 1)[0], result.image(s, 1 + oracle)[0], shown["auto"], *(shown[m] for m in ("negative_scale", "perp_neg", "sigma_window", "dng (prior 0.1, T 1)"))]
             labels = ["no negative", "start 0", f"oracle {oracle}", f"auto {record['auto_starts']['auto'][0]}", "neg. scale", "perp-neg", "sigma win.", "dng"]
             examples.append((row, labelled_row(tiles, labels, min_tile=96)))
         if progress is not None:
