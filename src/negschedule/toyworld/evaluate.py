@@ -246,4 +246,42 @@ def evaluate(cfg: EvalConfig) -> dict:
     figures["summary"]["moon_best_start"] = best_k
     figures["seconds"] = round(time.time() - t0)
     (out / "eval.json").write_text(json.dumps(figures, indent=2))
+    (out / "eval.md").write_text(report(figures))
     return figures
+
+
+def _pct(value) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"
+
+
+def report(figures: dict) -> str:
+    """The figures of ``evaluate`` as Markdown tables (what docs/toyworld.md shows)."""
+    cfg = figures["config"]
+    lines = [f"{cfg['n']} held-out captions per set, {cfg['steps']} DDIM steps, guidance {cfg['guidance_scale']}, "
+             f"image seeds {cfg['image_seed']}..{cfg['image_seed'] + cfg['n'] - 1}.", "",
+             "| figure | measured | target | met |", "|---|---|---|---|"]
+    for name, row in figures["summary"].items():
+        if isinstance(row, dict):
+            lines.append(f"| {name.replace('_', ' ')} | {_pct(row['measured'])} | >= {_pct(row['target'])} | "
+                         f"{'yes' if row['met'] else 'no'} |")
+    lines += ["", f"Best start step for the moon negative: {figures['summary']['moon_best_start']}. "
+              f"Detector agreement with ground truth on VAE reconstructions: "
+              f"{_pct(figures['detector_on_vae_reconstructions'])}. "
+              f"Two requested shapes, each present: {_pct(figures['two_objects']['each_present'])}.", ""]
+    curves = [("negative_object", "Negative naming one of the two requested shapes", "named shape absent"),
+              ("negative_moon", "Negative \"moon\" on night captions that do not name it", "moon absent"),
+              ("negative_unrequested_object", "Negative naming a shape the caption does not request", "shape absent")]
+    for key, title, absent in curves:
+        curve = figures[key]
+        other = "other shape kept | " if key == "negative_object" else ""
+        lines += [f"**{title}**" + (f" (no negative: the shape appears in {_pct(curve['no_negative_appears'])})"
+                                       if "no_negative_appears" in curve else ""), "",
+                  f"| start step | {absent} | {other}reverse activation | SSIM to no-negative | other objects kept |",
+                  "|---|---|---|---|---|" + ("---|" if other else "")]
+        for k in cfg["starts"]:
+            p = curve[str(k)]
+            kept = f"{_pct(p['other_kept'])} | " if other else ""
+            lines.append(f"| {k} | {_pct(p['absent'])} | {kept}{_pct(p['reverse_activation'])} | "
+                         f"{p['ssim_to_no_negative']:.3f} | {_pct(p['rest_kept'])} |")
+        lines.append("")
+    return "\n".join(lines)
