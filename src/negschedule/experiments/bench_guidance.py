@@ -141,7 +141,7 @@ def _summarize(method: str, cells: list[dict[str, Any]]) -> dict[str, Any]:
 
 def run(cfg: BenchConfig, progress=None) -> dict[str, Any]:
     """Run the bench; writes the table, the summary and the examples, returns the summary."""
-    from ..engine import Engine, start_sweep_runs
+    from ..engine import Batching, Engine, EngineConfig, start_sweep_runs
     from ..guided import sample_guided
     from ..images import labelled_row
     from ..models import load_pipeline
@@ -163,7 +163,8 @@ def run(cfg: BenchConfig, progress=None) -> dict[str, Any]:
     examples = []
     common = dict(num_inference_steps=n, guidance_scale=cfg.guidance_scale, output_type="pil")
     for i, row in enumerate(rows):
-        engine = Engine(pipe, prompt=row["prompt"], **common)
+        # All live branches in one UNet call: several times faster on CPU; equal to independent runs to ~1e-6.
+        engine = Engine(pipe, EngineConfig(batching=Batching.ALL), prompt=row["prompt"], **common)
         runs = start_sweep_runs(row["negative"], range(last + 1), n)
         result = engine.sample(runs, cfg.seeds)
         sweep_cost = result.model_evaluations / len(cfg.seeds)
