@@ -20,7 +20,7 @@ from typing import Any, Sequence
 import torch
 from diffusers.callbacks import PipelineCallback
 
-from .conditioning import NegativeEncoder, NegativeKey, is_sdxl
+from .conditioning import NegativeEmbeds, NegativeEncoder, NegativeKey, is_sdxl
 from .errors import InputError
 from .passes import step_of_passes
 
@@ -158,7 +158,11 @@ class NegativeScheduleCallback(PipelineCallback):
             if sdxl:
                 kw["add_text_embeds"], kw["add_time_ids"] = pooled, time_ids
             return
-        self._encoder.device = positive.device
+        if self._encoder.positive is None:
+            # One row per prompt: the pipeline repeats each prompt num_images_per_prompt times in a row.
+            n = self._encoder.num_images_per_prompt
+            self._encoder.device = positive.device
+            self._encoder.positive = NegativeEmbeds(positive[::n], pooled[::n] if sdxl else None)
         negative = self._encoder(new)
         pipeline._guidance_scale = self.guidance_scale
         kw["prompt_embeds"] = torch.cat([negative.prompt_embeds.to(positive), positive])

@@ -64,6 +64,9 @@ class NegativeEncoder:
         self.pipe = pipe
         self.weighted = weighted
         self.device: torch.device | None = None  # where the pipeline runs; set by the callback
+        # The positive embeddings the pipeline already holds (one row per prompt, pooled for SDXL);
+        # set by the callback so that encoding a negative does not encode the positive again.
+        self.positive: NegativeEmbeds | None = None
         # SD's encode_prompt takes these positionally, with no defaults.
         self.encode_kwargs = {"prompt": None, "num_images_per_prompt": 1, **encode_kwargs}
         self.num_images_per_prompt = self.encode_kwargs["num_images_per_prompt"]
@@ -86,6 +89,13 @@ class NegativeEncoder:
         kwargs = dict(self.encode_kwargs)
         prompt = kwargs.get("prompt")
         negative = negative_argument(key, prompt)
+        if self.positive is not None and "lora_scale" not in kwargs:
+            # encode_prompt then skips the positive's text-encoder pass; the negative's pass is
+            # unchanged (same tokens, same batch), so its embeddings are the same bits.
+            kwargs.update(prompt=None, prompt_embeds=self.positive.prompt_embeds)
+            kwargs.pop("prompt_2", None)
+            if self.positive.pooled_prompt_embeds is not None:
+                kwargs["pooled_prompt_embeds"] = self.positive.pooled_prompt_embeds
         # The pipeline's _execution_device walks every module (about 10 ms): the callback tells us
         # the device instead, from the embeddings it holds.
         device = self.device or getattr(pipe, "_execution_device", None) or pipe.device
