@@ -28,7 +28,7 @@ from PIL import Image, ImageDraw
 from scipy import ndimage
 
 from ..errors import InputError
-from .world import COLOURS, MOON_RGB, SHAPES, Object
+from .world import COLOURS, IMPLIED_WORDS, MOON_RGB, SHAPES, Object
 
 MAX_COLOUR_DISTANCE = 110.0  # RGB distance beyond which a pixel is no colour of the world
 MIN_CORE_PIXELS = 2  # smaller eroded cores are noise or blend rings
@@ -222,10 +222,8 @@ def detect(image) -> list[Object]:
 def _parse_concept(concept: str) -> tuple[str | None, str | None]:
     words = concept.lower().replace(",", " ").split()
     words = [w for w in words if w not in ("a", "the", "an")]
-    if words == ["moon"]:
-        return None, "moon"
-    if words == ["dot"]:
-        return None, "dot"
+    if len(words) == 1 and words[0] in IMPLIED_WORDS:  # "moon", "dot": implied objects have their own word
+        return None, words[0]
     colour = next((w for w in words if w in COLOURS), None)
     shape = next((w for w in words if w in SHAPES), None)
     unknown = [w for w in words if w not in COLOURS and w not in SHAPES]
