@@ -157,9 +157,6 @@ def _regions(mask: np.ndarray, erosions: int) -> list[np.ndarray]:
     return [r for r in regions if r.sum() >= MIN_OBJECT_PIXELS]
 
 
-SOFT_SHAPES = True
-
-
 def region_halo(region: np.ndarray) -> np.ndarray:
     """The region grown by three pixels: where its faint blurred parts can be (other objects stay out)."""
     return ndimage.binary_dilation(region, _CROSS, iterations=3).astype(np.float32)
@@ -174,7 +171,7 @@ def _shape_objects(pixels: np.ndarray, mask: np.ndarray, name: str, alpha: np.nd
     found = []
     for region in _regions(mask, 1):
         x0, y0, x1, y1 = _box(region)
-        shape, fit = _classify(region[y0:y1, x0:x1])
+        _, fit = _classify(region[y0:y1, x0:x1])  # the mask IoU only guards; the coverage fit decides
         if fit < SPLIT_BELOW_FIT:
             # A poor fit is usually two same-colour shapes whose blurred edges touch: erode harder.
             parts = _regions(region, 2)
@@ -183,8 +180,7 @@ def _shape_objects(pixels: np.ndarray, mask: np.ndarray, name: str, alpha: np.nd
                 continue
         if fit < MIN_FIT:
             continue
-        if SOFT_SHAPES:
-            shape = _classify_soft(alpha * region_halo(region), (x0, y0, x1, y1))
+        shape = _classify_soft(alpha * region_halo(region), (x0, y0, x1, y1))
         dot = False
         if shape == "square" and min(x1 - x0, y1 - y0) >= 5:
             luminance = pixels[y0 + 2 : y1 - 2, x0 + 2 : x1 - 2].mean(-1)
