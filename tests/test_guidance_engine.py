@@ -174,3 +174,14 @@ def test_auto_attention_signal(tiny_sd):
     assert all(type(p) is type(processors[k]) for k, p in tiny_sd.unet.attn_processors.items())  # restored
     fixed = generate(tiny_sd, negative_prompt=NEG, negative_start=1, generator=torch.Generator().manual_seed(3), **KW).images
     assert torch.allclose(res.latents[3], fixed, atol=1e-4)
+
+
+def test_cli_auto_start_recorded(tmp_path):
+    from PIL import Image
+
+    from negschedule.cli import main
+
+    out = tmp_path / "a.png"
+    assert main(["generate", "--prompt", PROMPT, "--negative-prompt", NEG, "--negative-start", "auto", "--steps", "4", "--out", str(out)]) == 0
+    params = Image.open(out).text["parameters"]
+    assert "Negative start: auto" in params and "Auto start: " in params

@@ -40,6 +40,7 @@ class RunSettings:
     negative_scale: float | None = None  # negative_scale / perp_neg: n; dng: lambda (None: guidance_scale)
     sigma_min: float | None = None  # sigma_window bounds (None: open on that side)
     sigma_max: float | None = None
+    auto_start: int | None = None  # with --negative-start auto: the step it chose (filled in after sampling)
 
 
 def _step_value(text: str, argument: str) -> int | float:
@@ -192,7 +193,10 @@ def _generate(pipe, s: RunSettings, **timing: Any):
     if s.width:
         kwargs["width"] = s.width
     kwargs.update(timing)
-    return generate(pipe, **kwargs).images[0]
+    out = generate(pipe, **kwargs)
+    if kwargs.get("negative_start") == "auto":
+        s.auto_start = getattr(out, "negative_start", None)
+    return out.images[0]
 
 
 def png_parameters(pipe, s: RunSettings, **extra: Any) -> str:
@@ -218,6 +222,7 @@ def png_parameters(pipe, s: RunSettings, **extra: Any) -> str:
         "Guidance": None if s.guidance in ("cfg", "timed") else s.guidance,
         "Negative scale": s.negative_scale,
         "Sigma window": None if s.sigma_min is None and s.sigma_max is None else f"[{s.sigma_min}, {s.sigma_max}]",
+        "Auto start": s.auto_start,
         **extra,
         "negschedule": __version__,
         "diffusers": diffusers.__version__,
