@@ -26,7 +26,7 @@ from .errors import InputError
 def cfg(eps_u: torch.Tensor, eps_c: torch.Tensor, scale: float) -> torch.Tensor:
     """Classifier-free guidance: ``eps_u + w (eps_c - eps_u)``.
 
-    Ho & Salimans, arXiv:2207.12598, eq. 6 (written in diffusers' form). With a negative prompt
+    Ho & Salimans, arXiv:2207.12598 (written in diffusers' form). With a negative prompt
     ``eps_u`` is the negative's prediction (the stock "negative prompt" and the timed negative of
     ``generate()``); without one it is the empty prompt's.
     """
@@ -54,7 +54,7 @@ def perp_neg(eps_u: torch.Tensor, eps_pos: torch.Tensor, eps_neg: torch.Tensor, 
     """Perp-Neg: ``eps_u + g (d_pos - n d_neg_perp)`` with ``d = eps - eps_u`` and
     ``d_neg_perp = d_neg - (<d_neg, d_pos> / |d_pos|^2) d_pos``.
 
-    Armandpour et al., "Re-imagine the Negative Prompt Algorithm", arXiv:2304.04968, eq. 8-9:
+    Armandpour et al., "Re-imagine the Negative Prompt Algorithm", arXiv:2304.04968:
     only the part of the negative direction perpendicular to the positive one is subtracted, so a
     negative that overlaps the prompt cannot cancel the prompt's own content. Written as ComfyUI's
     ``PerpNegGuider`` writes it (the negative term inside the scale ``g``), but the projection is
@@ -78,7 +78,7 @@ def in_sigma_window(sigma: float, sigma_min: float | None, sigma_max: float | No
     """Whether guidance runs at noise level ``sigma``: ``sigma_min <= sigma <= sigma_max`` (None: unbounded).
 
     Kynkäänniemi et al., "Applying Guidance in a Limited Interval Improves Sample and Distribution
-    Quality", arXiv:2404.07724, eq. 4: guidance weight ``w`` for ``sigma`` in ``(sigma_lo, sigma_hi]``
+    Quality", arXiv:2404.07724: guidance weight ``w`` for ``sigma`` in ``(sigma_lo, sigma_hi]``
     and 1 (the conditional prediction alone) elsewhere. AUTOMATIC1111's "Negative Guidance minimum
     sigma" is the one-sided case (``sigma_max`` None): below it only the positive is evaluated.
     """
@@ -90,7 +90,7 @@ def in_sigma_window(sigma: float, sigma_min: float | None, sigma_max: float | No
 
 
 def sigma_window(eps_u: torch.Tensor | None, eps_c: torch.Tensor, scale: float, inside: bool) -> torch.Tensor:
-    """Guidance in a sigma window: ``cfg(eps_u, eps_c, w)`` inside, ``eps_c`` outside (arXiv:2404.07724, eq. 4).
+    """Guidance in a sigma window: ``cfg(eps_u, eps_c, w)`` inside, ``eps_c`` outside (arXiv:2404.07724).
 
     Outside the window ``eps_u`` is not needed, so the samplers skip its model evaluation there
     (pass ``None``).
