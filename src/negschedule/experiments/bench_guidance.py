@@ -61,6 +61,7 @@ FIXED = (0.0, 0.1, 0.2, 0.33)  # the issue's fixed starts, fractions of the step
 
 def prompt_set(cfg: BenchConfig) -> list[dict[str, Any]]:
     """Held-out (caption, negative, requested objects) rows: two-shape removals, then night/moon."""
+    from ..toyworld.evaluate import night_scenes_unnamed_moon
     from ..toyworld.world import caption, make_scene
 
     rows: list[dict[str, Any]] = []
@@ -75,14 +76,7 @@ def prompt_set(cfg: BenchConfig) -> list[dict[str, Any]]:
             continue
         negative = names[int(rng.integers(2))]
         rows.append({"kind": "two_shapes", "prompt": caption(scene, rng), "negative": negative, "requested": names})
-    seed = cfg.scene_seed + 500_000
-    while len(rows) < cfg.prompts:
-        scene = make_scene(seed, night=True)
-        rng = np.random.default_rng(seed)
-        seed += 1
-        text = caption(scene, rng)
-        while "moon" in text:
-            text = caption(scene, rng)
+    for scene, text in night_scenes_unnamed_moon(cfg.scene_seed + 500_000, cfg.prompts - len(rows)):
         rows.append({"kind": "night_moon", "prompt": text, "negative": "moon", "requested": [o.name for o in scene.objects]})
     return rows
 

@@ -120,18 +120,23 @@ def two_object_set(cfg: EvalConfig) -> list[tuple[str, list[str], str]]:
     return rows
 
 
-def night_set(cfg: EvalConfig) -> list[str]:
-    """Held-out night captions that do not name the moon."""
-    rows, seed = [], cfg.scene_seed + 500_000
-    while len(rows) < cfg.n:
+def night_scenes_unnamed_moon(first_seed: int, n: int) -> list[tuple[object, str]]:
+    """``n`` held-out night scenes from ``first_seed`` on, each with a caption that does not name the moon."""
+    rows, seed = [], first_seed
+    while len(rows) < n:
         scene = make_scene(seed, night=True)
         rng = np.random.default_rng(seed)
         seed += 1
         text = caption(scene, rng)
         while "moon" in text:
             text = caption(scene, rng)
-        rows.append(text)
+        rows.append((scene, text))
     return rows
+
+
+def night_set(cfg: EvalConfig) -> list[str]:
+    """Held-out night captions that do not name the moon."""
+    return [text for _, text in night_scenes_unnamed_moon(cfg.scene_seed + 500_000, cfg.n)]
 
 
 def _rest_kept(base_objects, objects, removed: str) -> float:
