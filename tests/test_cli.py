@@ -97,3 +97,24 @@ def test_subprocess_error_has_no_traceback(tmp_path):
     proc = run_cli("generate", "--prompt", "p", "--negative-prompt", "g", "--negative-start", "0.2.1", "--out", "x.png", cwd=tmp_path)
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr and "negative_start=" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    "args, argument",
+    [
+        (["--n", "0"], "--n="),
+        (["--starts", "0,30"], "--starts="),
+        (["--guidance-scale", "1"], "--guidance-scale="),
+        (["--starts", "x"], "--starts"),
+    ],
+)
+def test_toy_eval_bad_input_exit_2_before_any_folder(tmp_path, capsys, args, argument):
+    out = tmp_path / "eval"
+    try:
+        code = main(["toy", "eval", *args, "--out", str(out)])
+    except SystemExit as stop:  # a value of the wrong type is argparse's own error
+        code = stop.code
+    err = capsys.readouterr().err
+    assert code == 2
+    assert argument in err and "Traceback" not in err
+    assert not out.exists()

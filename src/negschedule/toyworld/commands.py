@@ -16,7 +16,7 @@ from typing import Any
 from ..errors import InputError
 
 
-def _parser_for(value_type: Any, name: str):
+def _parser_for(value_type: Any):
     def parse(text: str):
         try:
             if value_type in ("int", int):
@@ -27,7 +27,8 @@ def _parser_for(value_type: Any, name: str):
                 return tuple(int(v) for v in text.split(","))
             return text
         except ValueError:
-            raise InputError(name, text, f"expected {value_type}") from None
+            # argparse prints an ArgumentTypeError's own message (it would hide an InputError's).
+            raise argparse.ArgumentTypeError(f"{text!r}: expected {value_type}") from None
 
     return parse
 
@@ -37,7 +38,7 @@ def _add_fields(parser: argparse.ArgumentParser, config_cls) -> None:
         default = f.default
         shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
         parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, default=default,
-                            type=_parser_for(f.type, "--" + f.name.replace("_", "-")),
+                            type=_parser_for(f.type),
                             help=f"default: {shown}")
 
 
@@ -46,13 +47,17 @@ def _config(config_cls, args: argparse.Namespace):
     return config_cls(**values)
 
 
+def _check_at_least_one(cfg, names: tuple[str, ...]) -> None:
+    for name in names:
+        if getattr(cfg, name) < 1:
+            raise InputError("--" + name.replace("_", "-"), getattr(cfg, name), "must be at least 1")
+
+
 def _run_train(args: argparse.Namespace) -> int:
     from .train import TrainConfig, train
 
     cfg = _config(TrainConfig, args)
-    for name in ("n_scenes", "vae_steps", "unet_steps", "batch", "vae_batch", "threads"):
-        if getattr(cfg, name) < 1:
-            raise InputError("--" + name.replace("_", "-"), getattr(cfg, name), "must be at least 1")
+    _check_at_least_one(cfg, ("n_scenes", "vae_steps", "unet_steps", "batch", "vae_batch", "threads"))
     if not 0 <= cfg.caption_dropout < 1:
         raise InputError("--caption-dropout", cfg.caption_dropout, "must be in [0, 1)")
     print(train(cfg))
@@ -63,6 +68,13 @@ def _run_eval(args: argparse.Namespace) -> int:
     from .evaluate import EvalConfig, evaluate
 
     cfg = _config(EvalConfig, args)
+    # Checked before the model loads and before the output folder is made.
+    _check_at_least_one(cfg, ("n", "steps", "batch", "threads"))
+    if cfg.guidance_scale <= 1:
+        raise InputError("--guidance-scale", cfg.guidance_scale, "CFG is off at <= 1, so a negative prompt does nothing")
+    bad = [k for k in cfg.starts if not 0 <= k <= cfg.steps]
+    if not cfg.starts or bad:
+        raise InputError("--starts", ",".join(map(str, cfg.starts)), f"each start must lie in 0..{cfg.steps}")
     figures = evaluate(cfg)
     print(json.dumps(figures["summary"], indent=2))
     return 0
@@ -84,14 +96,11 @@ def register(subparsers) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from ..cli import run
+
     parser = argparse.ArgumentParser(prog="negschedule")
     register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    try:
-        return args.func(args)
-    except InputError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    return run(parser, argv)
 
 
 if __name__ == "__main__":
