@@ -71,10 +71,9 @@ class NegativeScheduleCallback(PipelineCallback):
 
         ``pipe(prompt=p, num_inference_steps=30, **cb.pipeline_kwargs(pipe))`` then runs the timed negative.
         """
-        from .generate import batch_size, plan_negatives
+        from .generate import batch_size, plan_negatives, require_cfg
 
-        if guidance_scale <= 1:
-            raise InputError("guidance_scale", guidance_scale, "CFG is off at guidance_scale <= 1, so a negative prompt does nothing")
+        require_cfg(guidance_scale)
         keys = plan_negatives(
             negative_prompt, num_inference_steps, batch_size(prompt, None), negative_start, negative_end
         )

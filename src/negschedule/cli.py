@@ -134,6 +134,7 @@ def _check_out(path: str) -> Path:
 
 def _check_before_loading(s: RunSettings) -> None:
     """Everything that can be checked without the model, so bad input costs no loading time."""
+    from .generate import require_cfg
     from .schedulers import SCHEDULERS
 
     if s.steps <= 0:
@@ -141,10 +142,8 @@ def _check_before_loading(s: RunSettings) -> None:
     if s.scheduler is not None and s.scheduler not in SCHEDULERS:
         raise InputError("scheduler", s.scheduler, f"unknown name; choose one of {', '.join(SCHEDULERS)}")
     has_negative = s.negative_prompt is not None or bool(s.negative_windows)
-    if has_negative and s.guidance_scale <= 1:
-        raise InputError(
-            "guidance_scale", s.guidance_scale, "CFG is off at guidance_scale <= 1, so a negative prompt does nothing"
-        )
+    if has_negative:
+        require_cfg(s.guidance_scale)
     _guidance(s)  # an unknown rule name fails here
     if has_negative:
         from .generate import plan_negatives

@@ -60,7 +60,7 @@ import torch
 
 from .conditioning import NegativeEncoder, NegativeKey, is_sdxl
 from .errors import InputError
-from .generate import ENCODE_ARGS, call_defaults, normalize_texts, plan_encoding, batch_size, plan_negatives
+from .generate import ENCODE_ARGS, batch_size, call_defaults, normalize_texts, plan_encoding, plan_negatives, require_cfg
 from .passes import step_of_passes
 
 # One step's conditioning: the per-prompt negative texts (None = off), whether CFG runs, and whether
@@ -272,8 +272,7 @@ class Engine:
             keys = [tuple([None] * self.batch)] * self.steps
             weighted = self._mode(keys)
             return [(key, True, weighted) for key in keys]
-        if self.guidance_scale <= 1:
-            raise InputError("guidance_scale", self.guidance_scale, "CFG is off at guidance_scale <= 1, so a negative prompt does nothing")
+        require_cfg(self.guidance_scale)
         keys = plan_negatives(
             run.negative_prompt, self.steps, self.batch, run.negative_start, run.negative_end, run.negative_windows
         )

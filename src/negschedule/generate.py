@@ -34,6 +34,12 @@ def call_defaults(pipe) -> dict[str, Any]:
     }
 
 
+def require_cfg(guidance_scale: float, argument: str = "guidance_scale") -> None:
+    """Refuse a negative prompt under ``guidance_scale <= 1``: CFG is off then, so the negative does nothing."""
+    if guidance_scale <= 1:
+        raise InputError(argument, guidance_scale, "CFG is off at guidance_scale <= 1, so a negative prompt does nothing")
+
+
 def batch_size(prompt: Any, prompt_embeds: Any) -> int:
     """Number of prompts in the call (before ``num_images_per_prompt``)."""
     if isinstance(prompt, str):
@@ -236,10 +242,7 @@ def generate(
     for name in ("negative_prompt_embeds", "negative_prompt_2", "negative_pooled_prompt_embeds"):
         if kwargs.get(name) is not None:
             raise InputError(name, "<given>", "cannot be timed: give negative_prompt as text")
-    if guidance_scale <= 1:
-        raise InputError(
-            "guidance_scale", guidance_scale, "CFG is off at guidance_scale <= 1, so a negative prompt does nothing"
-        )
+    require_cfg(guidance_scale)
     if cfg_off and any(kwargs.get(n) is not None for n in ("negative_original_size", "negative_target_size")):
         raise InputError("cfg_off", cfg_off, "cannot be combined with negative size conditioning")
 

@@ -31,6 +31,7 @@ import torch
 
 from .engine import Engine, Run
 from .errors import InputError
+from .generate import require_cfg
 from .guidance import (
     THREE_BRANCH,
     Guidance,
@@ -95,8 +96,8 @@ class GuidedSampler:
             negative_start = None
         if negative_prompt is None and (rule in THREE_BRANCH or self.auto is not None):
             raise InputError("negative_prompt", None, f"guidance={rule.value} needs a negative prompt")
-        if engine.guidance_scale <= 1 and negative_prompt is not None:
-            raise InputError("guidance_scale", engine.guidance_scale, "CFG is off at guidance_scale <= 1, so a negative prompt does nothing")
+        if negative_prompt is not None:
+            require_cfg(engine.guidance_scale)
         if self.auto is not None and engine.batch * engine.num_images_per_prompt != 1:
             raise InputError("prompt", engine.prompt, 'negative_start="auto" decides per image: give one prompt, one image per call')
         self.negative_prompt = negative_prompt
