@@ -59,7 +59,7 @@ def _textual_inversion(text: str) -> tuple[str, str]:
 def _add_generation_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prompt", required=True)
     p.add_argument("--negative-prompt", default=None, help="may use A1111 prompt editing, e.g. '[:glasses:0.2]'")
-    p.add_argument("--negative-start", default=None, help="step (5) or fraction of steps (0.2); '1' is step 1, '1.0' all steps")
+    p.add_argument("--negative-start", default=None, help="step (5) or fraction of steps (0.2); '1' is step 1, '1.0' all steps; 'auto' finds it while sampling")
     p.add_argument("--negative-end", default=None, help="exclusive end, step or fraction")
     p.add_argument(
         "--negative-window",
