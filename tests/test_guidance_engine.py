@@ -185,3 +185,46 @@ def test_cli_auto_start_recorded(tmp_path):
     assert main(["generate", "--prompt", PROMPT, "--negative-prompt", NEG, "--negative-start", "auto", "--steps", "4", "--out", str(out)]) == 0
     params = Image.open(out).text["parameters"]
     assert "Negative start: auto" in params and "Auto start: " in params
+
+
+def test_rollout_decision_searches_forward_then_picks_midpoints():
+    from negschedule.auto import probe_steps, rollout_decision, rollout_extra_bound
+
+    probes = probe_steps((0.3, 0.7), 10)
+    assert probes == (3, 7)
+    assert rollout_decision(probes, 10, {}) == ("probe", 3)
+    assert rollout_decision(probes, 10, {3: True}) == ("probe", 7)
+    assert rollout_decision(probes, 10, {3: True, 7: False}) == ("start", 5)
+    assert rollout_decision(probes, 10, {3: True, 7: True}) == ("start", 9)
+    assert rollout_decision(probes, 10, {3: False}) == ("probe", 0)
+    assert rollout_decision(probes, 10, {3: False, 0: True}) == ("start", 1)
+    assert rollout_decision(probes, 10, {3: False, 0: False}) == ("start", 10)  # no start removes it: keep structure
+    # Worst case at 20 steps: two probes of 3 evaluations and a replay of 3 steps: 12 = 0.3 of 40.
+    assert rollout_extra_bound(probes, 10, jumps=2) == 12
+    assert AutoStart(signal=Signal.ROLLOUT).cost_bound(20) == pytest.approx(1.3)
+
+
+@pytest.mark.parametrize("answers", [(True, False), (False, True), (False, False), (True, True)], ids=["early", "middle", "late", "never"])
+def test_auto_rollout_backtracks_bit_exact_to_a_fixed_start(tiny_sd, answers):
+    # 8 steps, max_start 0.5 -> latest 4, probes (0.3, 0.7) -> steps 1, 3 (and 0 when 1 fails).
+    # The detector's answers are "present" flags, in probe order: first probe, then the next one.
+    n = 8
+    calls = []
+
+    def detector(image):
+        calls.append(image.size)
+        return answers[min(len(calls), 2) - 1]
+
+    auto = AutoStart(signal=Signal.ROLLOUT, detector=detector)
+    kw = {**KW, "num_inference_steps": n}
+    res = sample_guided(tiny_sd, "cfg", [3], negative_prompt=NEG, negative_start="auto", auto=auto, **kw)
+    # present at 1 -> probe 0: absent -> start 0 (midpoint of 0, 1); absent at 1, present at 3 -> 2;
+    # present at 1 and at 0 -> no start removes it -> latest 4; absent at 1 and 3 -> (3 + 4 + 1) // 2 = 4.
+    expected = {(True, False): 0, (False, True): 2, (True, True): 4, (False, False): 4}[answers]
+    assert res.starts[3] == expected
+    assert len(calls) == 2
+    # Going back to a snapshot and sampling on from it gives exactly the fixed start's latents.
+    fixed = sample_guided(tiny_sd, "cfg", [3], negative_prompt=NEG, negative_start=expected, **kw)
+    assert torch.equal(res.latents[3], fixed.latents[3])
+    assert res.model_evaluations <= auto.cost_bound(n) * 2 * n
+    assert res.model_evaluations > 2 * n  # the look-aheads are counted

@@ -49,6 +49,7 @@ class Signal(enum.Enum):
     ALIGNMENT = "alignment"  # cos(eps_neg - eps_u, eps_pos - eps_u) (one extra evaluation per probed step)
     NEGATIVE_PREVIEW = "negative_preview"  # the detector on the x0 of the negative-guided prediction (one extra evaluation)
     ATTENTION = "attention"  # how concentrated the negative tokens' cross-attention is (one extra evaluation)
+    ROLLOUT = "rollout"  # a few-jump look-ahead with the negative on, read by a detector; searches, then backtracks
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,11 @@ class AutoStart:
     delay: int = 0
     # DETECTOR: image -> bool; None = the toy world's exact detector for the negative prompt.
     detector: Callable[[Any], bool] | None = None
+    # ROLLOUT: the probed starts, as fractions of the latest start (step 0 is probed only when the first fails).
+    probes: tuple[float, ...] = (0.3, 0.7)
+    # ROLLOUT: DDIM jumps (eta 0) of a look-ahead from the probed step to the clean image; each costs
+    # 2 evaluations, but the first reuses the step's own positive prediction.
+    jumps: int = 2
 
     def __post_init__(self):
         if not isinstance(self.signal, Signal):
@@ -88,13 +94,77 @@ class AutoStart:
             raise InputError("run", self.run, "must be >= 1")
         if self.delay < 0:
             raise InputError("delay", self.delay, "must be >= 0")
+        if not self.probes or any(not 0.0 < f <= 1.0 for f in self.probes):
+            raise InputError("probes", self.probes, "fractions of the latest start, each in (0, 1]")
+        if self.jumps < 1:
+            raise InputError("jumps", self.jumps, "must be >= 1")
 
-    def cost_bound(self) -> float:
-        """The most this costs, in units of a plain generation's model evaluations."""
+    def cost_bound(self, steps: int | None = None) -> float:
+        """The most this costs, in units of a plain generation's model evaluations (``steps``: for ROLLOUT)."""
+        if self.signal is Signal.ROLLOUT:
+            if steps is None:
+                raise InputError("steps", steps, "the rollout's cost bound depends on the number of steps")
+            latest = int(self.max_start * steps)
+            return 1.0 + rollout_extra_bound(probe_steps(self.probes, latest), latest, self.jumps) / (2 * steps)
         return 1.0 + self.max_start / 2 if self.signal is not Signal.DETECTOR else 1.0
 
     def decider(self, sampler, seed: int) -> "_Decider":
         return _Decider(self, sampler)
+
+
+def probe_steps(fractions: tuple[float, ...], latest: int) -> tuple[int, ...]:
+    """The steps a ROLLOUT search probes: ``round(f * latest)``, at least 1, ascending, distinct."""
+    return tuple(sorted({max(1, round(f * latest)) for f in fractions})) if latest >= 1 else ()
+
+
+def rollout_decision(probes: tuple[int, ...], latest: int, answers: dict[int, bool]) -> tuple[str, int]:
+    """The next move of the ROLLOUT search: ``("probe", step)`` or ``("start", step)``.
+
+    ``answers[q]`` says whether a negative starting at step ``q`` removes the concept (a look-ahead
+    read by the detector). The search assumes what Ban et al. observed: a negative removes the
+    concept when it starts early enough, up to a critical step. Probes go forward in time; at the
+    first one that fails, the critical step lies between it and the last that succeeded, and the
+    start is their midpoint (the middle of the interval is within one step of the most of it). If
+    the first probe fails, step 0 decides between "early" (midpoint of 0 and the first probe) and
+    "no start removes it" (then the latest start, which keeps the most structure). If every probe
+    succeeds, the start is the midpoint of the last probe and ``latest``.
+    """
+    last_ok: int | None = None
+    for q in probes:
+        if q not in answers:
+            return ("probe", q)
+        if not answers[q]:
+            if last_ok is not None:
+                return ("start", (last_ok + q) // 2)
+            if 0 not in answers:
+                return ("probe", 0)
+            return ("start", q // 2 if answers[0] else latest)
+        last_ok = q
+    if last_ok is None:  # nothing to probe (latest 0)
+        return ("start", latest)
+    return ("start", (last_ok + latest + 1) // 2)
+
+
+def rollout_extra_bound(probes: tuple[int, ...], latest: int, jumps: int, passes_per_step: int = 1) -> int:
+    """The most model evaluations a ROLLOUT search adds to a plain generation, over every answer pattern.
+
+    Each probe costs ``1 + 2 (jumps - 1)``; a start at or before the current step replays the
+    steps from the start to the current one (2 evaluations per pass) with the negative on.
+    """
+    worst = 0
+    candidates = sorted(set(probes) | {0})
+    for mask in range(2 ** len(candidates)):
+        truth = {q: bool(mask >> i & 1) for i, q in enumerate(candidates)}
+        answers: dict[int, bool] = {}
+        while True:
+            move, step = rollout_decision(probes, latest, answers)
+            if move == "start":
+                break
+            answers[step] = truth[step]
+        now = max(answers, default=0)
+        replay = (now - step + 1) * passes_per_step * 2 if step <= now else 0
+        worst = max(worst, len(answers) * (1 + 2 * (jumps - 1)) + replay)
+    return worst
 
 
 def alignment(eps_u: torch.Tensor, eps_pos: torch.Tensor, eps_neg: torch.Tensor) -> float:
@@ -113,7 +183,8 @@ class _Decider:
         self.sampler = sampler
         self.steps = sampler.engine.steps
         self.latest = int(settings.max_start * self.steps)
-        self.needs_negative = settings.signal is not Signal.DETECTOR
+        self.needs_negative = settings.signal not in (Signal.DETECTOR, Signal.ROLLOUT)
+        self.probes = probe_steps(settings.probes, self.latest)
         self.streak = 0
         self.capture = None
         if settings.signal is Signal.ATTENTION:
@@ -125,7 +196,7 @@ class _Decider:
             latent_hw = (engine.height // pipe.vae_scale_factor, engine.width // pipe.vae_scale_factor)
             self.capture = CrossAttentionCapture(pipe.unet, columns, latent_hw).__enter__()
         self.detector = None
-        if settings.signal in (Signal.DETECTOR, Signal.NEGATIVE_PREVIEW):
+        if settings.signal in (Signal.DETECTOR, Signal.NEGATIVE_PREVIEW, Signal.ROLLOUT):
             self.detector = settings.detector
             if self.detector is None:
                 from .experiments.detectors import ToyDetector
@@ -173,9 +244,10 @@ class _Decider:
 
     def preview(self, x, t, eps):
         """The decoded x0 prediction as a PIL image (what the detector sees)."""
-        sampler = self.sampler
-        pipe = sampler.engine.pipe
-        x0 = sampler.x0(x, eps, t)
+        return self.decode(self.sampler.x0(x, eps, t))
+
+    def decode(self, x0):
+        pipe = self.sampler.engine.pipe
         image = pipe.vae.decode(x0 / pipe.vae.config.scaling_factor, return_dict=False)[0]
         return pipe.image_processor.postprocess(image, output_type="pil")[0]
 
@@ -195,4 +267,4 @@ class _Decider:
         return self.streak >= self.settings.run
 
 
-__all__ = ["AutoStart", "Signal", "alignment"]
+__all__ = ["AutoStart", "Signal", "alignment", "probe_steps", "rollout_decision", "rollout_extra_bound"]

@@ -23,6 +23,7 @@ Batching three rows in one UNet call is not bit-identical to the stock pipeline'
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass, field
 from typing import Any, Sequence
@@ -197,6 +198,10 @@ class GuidedSampler:
                 decider.close()
 
     def _loop(self, state, decider, posterior, extra, cond_off):
+        from .auto import Signal
+
+        if decider is not None and decider.settings.signal is Signal.ROLLOUT:
+            return self._rollout_loop(state, decider, extra)
         engine = self.engine
         g = self.guidance
         rule = g.rule
@@ -278,6 +283,96 @@ class GuidedSampler:
             if start == step:
                 return self._rescale(cfg(eps_neg, eps_pos, w), eps_pos), start
         return self._rescale(cfg(eps_u, eps_pos, w), eps_pos), start
+
+
+    # ---- negative_start="auto" with look-ahead rollouts --------------------------------------------
+
+    def _lookahead(self, x, p: int, eps_pos: torch.Tensor, jumps: int) -> torch.Tensor:
+        """The clean latent reached from the latents ``x`` of pass ``p`` with the negative on from now:
+        ``jumps`` DDIM jumps (eta 0) over the remaining timesteps. The first jump reuses ``eps_pos``."""
+        engine = self.engine
+        w = engine.guidance_scale
+        timesteps = engine.timesteps
+        cond_neg = engine._condition(self.negative_key)
+        only_neg = self._rows([cond_neg], ["neg"])
+        remaining = len(timesteps) - p
+        marks = sorted({p + (j * remaining) // jumps for j in range(jumps)})
+        a = self.alpha_bar(timesteps[p])
+        xv = self._vp(x, a)  # the UNet sees VP latents (what scale_model_input gives for VE schedulers)
+        x0 = xv
+        for j, q in enumerate(marks):
+            t = timesteps[q]
+            a = self.alpha_bar(t)
+            if j == 0:
+                eps_neg = engine._unet(xv, t, only_neg)
+                engine._count(xv.shape[0])
+                pos = eps_pos
+            else:
+                eps_neg, pos = engine._unet(torch.cat([xv, xv]), t, cond_neg).chunk(2)
+                engine._count(2 * xv.shape[0])
+            eps = cfg(eps_neg, pos, w)
+            if self.prediction_type == "v_prediction":
+                x0, eps = math.sqrt(a) * xv - math.sqrt(1 - a) * eps, math.sqrt(1 - a) * xv + math.sqrt(a) * eps
+            else:
+                x0 = (xv - math.sqrt(1 - a) * eps) / math.sqrt(a)
+            if j + 1 < len(marks):
+                a_next = self.alpha_bar(timesteps[marks[j + 1]])
+                xv = math.sqrt(a_next) * x0 + math.sqrt(1 - a_next) * eps
+        return x0
+
+    def _rollout_loop(self, state, decider, extra):
+        """``auto`` with ``Signal.ROLLOUT``: sample with the negative off, keeping a snapshot of every
+        pass; at the probed steps, ask a look-ahead whether a negative starting there still removes
+        the concept (``auto.rollout_decision``); once the start is known, go back to its snapshot if
+        it is already behind, and sample on with the negative from it."""
+        from .auto import rollout_decision
+
+        engine = self.engine
+        w = engine.guidance_scale
+        timesteps = engine.timesteps
+        cond_off = engine._condition(self.off_key)
+        cond_neg = engine._condition(self.negative_key)
+        snapshots: dict[int, tuple] = {}  # step -> (pass index, latents, scheduler, generator state, eps_pos)
+        answers: dict[int, bool] = {}
+        start: int | None = None
+        trace: list[dict[str, float]] = []
+        p = 0
+        with torch.no_grad():
+            while p < len(timesteps):
+                t = timesteps[p]
+                step = engine.pass_steps[p]
+                x = state.latents
+                first_pass = p == 0 or engine.pass_steps[p - 1] != step
+                if start is None and first_pass:
+                    snapshots[step] = (p, x, copy.deepcopy(state.scheduler), state.generator.get_state(), None)
+                on = start is not None and step >= start
+                eps_first, eps_pos = self._pass(x, state.scheduler, t, cond_neg if on else cond_off, 2)
+                eps = self._rescale(cfg(eps_first, eps_pos, w), eps_pos)
+                if start is None and first_pass:
+                    snapshots[step] = snapshots[step][:4] + (eps_pos,)
+                    while start is None:
+                        move, target = rollout_decision(decider.probes, decider.latest, answers)
+                        if move == "probe" and target > step:
+                            break
+                        if move == "probe":
+                            q, xq, _, _, eps_q = snapshots[target]
+                            answers[target] = removed = not decider.detector(decider.decode(self._lookahead(xq, q, eps_q, decider.settings.jumps)))
+                            trace.append({"step": target, "rollout_removed": float(removed)})
+                        else:
+                            start = target
+                    if start is not None and start <= step:
+                        q, xq, scheduler, gen_state, _ = snapshots[start]
+                        state.latents, state.scheduler = xq, copy.deepcopy(scheduler)
+                        state.generator.set_state(gen_state)
+                        p = q
+                        snapshots.clear()
+                        continue
+                step_kwargs = dict(extra)
+                if "generator" in step_kwargs:
+                    step_kwargs["generator"] = state.generator
+                state.latents = state.scheduler.step(eps, t, x, **step_kwargs, return_dict=False)[0]
+                p += 1
+        return state, start, trace
 
 
 def sample_guided(pipe, guidance, seeds: Sequence[int], negative_prompt: str | None = None, negative_start=None, negative_end=None, auto=None, **pipeline_kwargs) -> GuidedResult:
