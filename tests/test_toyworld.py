@@ -148,8 +148,8 @@ def test_shipped_model_draws_requested_objects():
     assert sum(drawn) >= 5, drawn
 
 
-def test_eval_sets_and_ssim():
-    from negschedule.toyworld.evaluate import EvalConfig, night_set, ssim, two_object_set
+def test_eval_sets():
+    from negschedule.toyworld.evaluate import EvalConfig, night_set, two_object_set
 
     cfg = EvalConfig(n=20)
     rows = two_object_set(cfg)
@@ -158,6 +158,3 @@ def test_eval_sets_and_ssim():
         assert len(requested) == 2 and other not in requested
         assert all(name.split()[1] in text for name in requested)
     assert all("moon" not in text and "night" in text for text in night_set(cfg))
-    image = np.asarray(render(make_scene(3)), dtype=np.float64) / 255
-    assert ssim(image, image) == pytest.approx(1.0)
-    assert ssim(image, image[::-1]) < 0.9

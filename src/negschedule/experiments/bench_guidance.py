@@ -100,6 +100,9 @@ def methods(cfg: BenchConfig) -> dict[str, Any]:
         # The other candidates of the study (docs/guidance.md), for the record on the held-out prompts.
         out["auto[detector, +4]"] = (None, "auto", AutoStart(signal=Signal.DETECTOR, delay=4, max_start=cfg.max_start))
         out["auto[negative_preview, run 3, +2]"] = (None, "auto", AutoStart(signal=Signal.NEGATIVE_PREVIEW, min_step=3, run=3, delay=2, max_start=cfg.max_start))
+        out["auto[attention 0.16]"] = (None, "auto", AutoStart(signal=Signal.ATTENTION, max_start=cfg.max_start))
+        for jumps in (1, 2, 3):
+            out[f"auto[rollout, {jumps} jumps]"] = (None, "auto", AutoStart(signal=Signal.ROLLOUT, jumps=jumps, max_start=cfg.max_start))
     return out
 
 
@@ -246,10 +249,13 @@ def cmd_bench_guidance(args: argparse.Namespace) -> int:
 
     if args.prompts < 1:
         raise InputError("prompts", args.prompts, "must be at least 1")
+    if args.scene_seed < 1_000_000:
+        raise InputError("scene_seed", args.scene_seed, "must be >= 1000000 (lower seeds are training scenes)")
     if args.steps < 2:
         raise InputError("steps", args.steps, "must be at least 2")
     cfg = BenchConfig(out=args.out, model=args.model, prompts=args.prompts, seeds=_seeds(args.seeds), steps=args.steps,
-                      guidance_scale=args.guidance_scale, study=args.study, threads=args.threads, examples=args.examples)
+                      guidance_scale=args.guidance_scale, study=args.study, threads=args.threads, examples=args.examples,
+                      scene_seed=args.scene_seed)
 
     def progress(done: int, total: int, elapsed: float) -> None:
         print(f"bench-guidance: prompt {done}/{total} ({elapsed:.0f}s)", file=sys.stderr)
@@ -272,6 +278,8 @@ def register(subparsers) -> None:
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--guidance-scale", type=float, default=7.5)
     p.add_argument("--study", action="store_true", help="also run auto's candidate signals and thresholds")
+    p.add_argument("--scene-seed", type=int, default=BenchConfig.scene_seed,
+                   help="first held-out scene seed (the docs' study of auto's signals used 5000000, apart from the bench's prompts)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--examples", type=int, default=4, help="prompts shown in examples.png")
     p.set_defaults(func=cmd_bench_guidance)

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from scipy import ndimage
+from ..experiments.metrics import ssim
 
 from .detector import detect
 from .world import COLOURS, SHAPES, caption, make_scene, render
@@ -56,21 +56,6 @@ class EvalConfig:
     starts: tuple[int, ...] = (0, 2, 4, 6, 8, 10, 14)  # negative start steps for the curves
     batch: int = 50  # images per pipeline call (memory bound)
     threads: int = 2  # torch CPU threads
-
-
-def ssim(a: np.ndarray, b: np.ndarray) -> float:
-    """Mean SSIM of two RGB images in [0, 1] (7x7 uniform windows, per channel; Wang et al. 2004 constants)."""
-    c1, c2 = 0.01**2, 0.03**2
-    values = []
-    for ch in range(3):
-        x, y = a[..., ch].astype(np.float64), b[..., ch].astype(np.float64)
-        mx, my = ndimage.uniform_filter(x, 7), ndimage.uniform_filter(y, 7)
-        vx = ndimage.uniform_filter(x * x, 7) - mx * mx
-        vy = ndimage.uniform_filter(y * y, 7) - my * my
-        cxy = ndimage.uniform_filter(x * y, 7) - mx * my
-        s = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))
-        values.append(s[3:-3, 3:-3].mean())
-    return float(np.mean(values))
 
 
 def _load(cfg: EvalConfig):
@@ -152,7 +137,7 @@ def _curve_point(base_images, base_objects, images, negated: list[str]) -> dict:
     return {
         "absent": float(np.mean(absent)),
         "reverse_activation": float(np.mean(reverse)),
-        "ssim_to_no_negative": float(np.mean([ssim(a, b) for a, b in zip(base_images, images)])),
+        "ssim_to_no_negative": float(np.mean([ssim(a, b, data_range=1.0) for a, b in zip(base_images, images)])),
         "rest_kept": float(np.mean([_rest_kept(b, o, n) for b, o, n in zip(base_objects, objects, negated)])),
     }, objects
 
