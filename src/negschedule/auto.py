@@ -22,6 +22,13 @@ sample. Signals available during sampling (:class:`Signal`):
   ``cos(eps_neg - eps_u, eps_pos - eps_u)``: high once the prompt's prediction moves where the
   negative's does. Needs the negative's prediction, one extra evaluation per probed step.
 
+* ``ROLLOUT`` - asks the oracle's own question, "would a negative starting here still remove the
+  concept?", with a look-ahead of a few DDIM jumps with the negative on, read by the detector; it
+  probes forward (:func:`rollout_decision`) and, when the start it picks is behind, goes back to
+  that step's snapshot. Costs ``1 + 2 (jumps - 1)`` per probe plus the replayed steps
+  (:func:`rollout_extra_bound`; 1.3x at 20 steps, 2 jumps). On the toy model its blurry look-ahead
+  reads "removed" too often (docs/guidance.md), so it is a setting, not the default.
+
 Whatever the signal, the negative starts at ``max_start`` (a fraction of the steps) at the latest,
 which bounds the cost: probing with ``ALIGNMENT`` or ``ATTENTION`` costs 3 evaluations per step instead of 2 for at
 most ``max_start`` of the steps, so at most ``1 + max_start / 2`` times a plain generation (1.25x
