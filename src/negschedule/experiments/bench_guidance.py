@@ -100,7 +100,8 @@ def methods(cfg: BenchConfig) -> dict[str, Any]:
         # The other candidates of the study (docs/guidance.md), for the record on the held-out prompts.
         out["auto[detector, +4]"] = (None, "auto", AutoStart(signal=Signal.DETECTOR, delay=4, max_start=cfg.max_start))
         out["auto[negative_preview, run 3, +2]"] = (None, "auto", AutoStart(signal=Signal.NEGATIVE_PREVIEW, min_step=3, run=3, delay=2, max_start=cfg.max_start))
-        out["auto[attention 0.16]"] = (None, "auto", AutoStart(signal=Signal.ATTENTION, max_start=cfg.max_start))
+        for threshold in (0.14, 0.15, 0.16, 0.17, 0.18):
+            out[f"auto[attention {threshold}]"] = (None, "auto", AutoStart(signal=Signal.ATTENTION, attention_threshold=threshold, max_start=cfg.max_start))
         for jumps in (1, 2, 3):
             out[f"auto[rollout, {jumps} jumps]"] = (None, "auto", AutoStart(signal=Signal.ROLLOUT, jumps=jumps, max_start=cfg.max_start))
     return out
