@@ -228,3 +228,23 @@ def test_auto_rollout_backtracks_bit_exact_to_a_fixed_start(tiny_sd, answers):
     assert torch.equal(res.latents[3], fixed.latents[3])
     assert res.model_evaluations <= auto.cost_bound(n) * 2 * n
     assert res.model_evaluations > 2 * n  # the look-aheads are counted
+
+
+@pytest.mark.parametrize("scheduler", ["euler_a", "dpmpp_2m", "heun"])
+def test_auto_rollout_backtracking_restores_scheduler_and_noise_state(tiny_sd, scheduler):
+    # Ancestral noise (euler_a), multistep history (dpmpp_2m) and two passes per step (heun) all
+    # live in the scheduler or the generator: going back to a snapshot must restore both.
+    from negschedule.schedulers import set_scheduler
+
+    original = tiny_sd.scheduler
+    try:
+        set_scheduler(tiny_sd, scheduler)
+        answers = iter([False, True])  # absent at the first probe, present at the second: start between them
+        auto = AutoStart(signal=Signal.ROLLOUT, detector=lambda image: next(answers))
+        kw = {**KW, "num_inference_steps": 8}
+        res = sample_guided(tiny_sd, "cfg", [5], negative_prompt=NEG, negative_start="auto", auto=auto, **kw)
+        assert res.starts[5] == 2
+        fixed = sample_guided(tiny_sd, "cfg", [5], negative_prompt=NEG, negative_start=2, **kw)
+        assert torch.equal(res.latents[5], fixed.latents[5])
+    finally:
+        tiny_sd.scheduler = original

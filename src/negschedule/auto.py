@@ -131,7 +131,7 @@ def rollout_decision(probes: tuple[int, ...], latest: int, answers: dict[int, bo
     read by the detector). The search assumes what Ban et al. observed: a negative removes the
     concept when it starts early enough, up to a critical step. Probes go forward in time; at the
     first one that fails, the critical step lies between it and the last that succeeded, and the
-    start is their midpoint (the middle of the interval is within one step of the most of it). If
+    start is their midpoint (the middle of the interval is within one step of most of it). If
     the first probe fails, step 0 decides between "early" (midpoint of 0 and the first probe) and
     "no start removes it" (then the latest start, which keeps the most structure). If every probe
     succeeds, the start is the midpoint of the last probe and ``latest``.

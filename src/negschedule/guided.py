@@ -284,7 +284,6 @@ class GuidedSampler:
                 return self._rescale(cfg(eps_neg, eps_pos, w), eps_pos), start
         return self._rescale(cfg(eps_u, eps_pos, w), eps_pos), start
 
-
     # ---- negative_start="auto" with look-ahead rollouts --------------------------------------------
 
     def _lookahead(self, x, p: int, eps_pos: torch.Tensor, jumps: int) -> torch.Tensor:
