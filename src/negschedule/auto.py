@@ -152,11 +152,12 @@ def rollout_decision(probes: tuple[int, ...], latest: int, answers: dict[int, bo
     return ("start", (last_ok + latest + 1) // 2)
 
 
-def rollout_extra_bound(probes: tuple[int, ...], latest: int, jumps: int, passes_per_step: int = 1) -> int:
+def rollout_extra_bound(probes: tuple[int, ...], latest: int, jumps: int) -> int:
     """The most model evaluations a ROLLOUT search adds to a plain generation, over every answer pattern.
 
     Each probe costs ``1 + 2 (jumps - 1)``; a start at or before the current step replays the
-    steps from the start to the current one (2 evaluations per pass) with the negative on.
+    steps from the start to the current one (2 evaluations each) with the negative on. Counted for
+    one pass per step; a two-pass scheduler (Heun) doubles the replay and the plain generation alike.
     """
     worst = 0
     candidates = sorted(set(probes) | {0})
@@ -169,7 +170,7 @@ def rollout_extra_bound(probes: tuple[int, ...], latest: int, jumps: int, passes
                 break
             answers[step] = truth[step]
         now = max(answers, default=0)
-        replay = (now - step + 1) * passes_per_step * 2 if step <= now else 0
+        replay = (now - step + 1) * 2 if step <= now else 0
         worst = max(worst, len(answers) * (1 + 2 * (jumps - 1)) + replay)
     return worst
 
