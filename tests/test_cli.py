@@ -34,8 +34,9 @@ def test_generate_writes_png_with_a1111_parameters(tmp_path):
     lines = params.splitlines()
     assert lines[0] == "girl eating pizza"
     assert lines[1] == "Negative prompt: glasses"
-    for field in ("Steps: 4", "Sampler: euler_a", "CFG scale: 7.5", "Seed: 1234", "Negative start: 2", "Model: ", "negschedule: ", "diffusers: "):
+    for field in ("Steps: 4", "Sampler: euler_a", "CFG scale: 7.5", "Seed: 1234", "Negative start: 2", "Model: negschedule-toyworld", "negschedule: ", "diffusers: "):
         assert field in lines[2]
+    assert "assets" not in params  # the default model by name, not by this machine's path
 
 
 def test_compare_is_three_labelled_tiles_and_matches_generate(tmp_path):

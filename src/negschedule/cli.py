@@ -203,6 +203,7 @@ def png_parameters(pipe, s: RunSettings, **extra: Any) -> str:
     import diffusers
 
     from . import __version__
+    from .models import default_model_name
     from .schedulers import scheduler_name
 
     settings = {
@@ -212,7 +213,7 @@ def png_parameters(pipe, s: RunSettings, **extra: Any) -> str:
         "Seed": s.seed,
         "Size": f"{s.width or pipe.unet.config.sample_size * pipe.vae_scale_factor}x"
         f"{s.height or pipe.unet.config.sample_size * pipe.vae_scale_factor}",
-        "Model": s.model or pipe.config.get("_name_or_path") or "embedded default",
+        "Model": s.model or default_model_name(),
         "Negative start": s.negative_start,
         "Negative end": s.negative_end,
         "Negative windows": "; ".join(f"{p} [{a}, {b})" for p, a, b in s.negative_windows) or None,

@@ -50,6 +50,11 @@ def default_model_path() -> Path | None:
     return _TOYWORLD_DIR if (_TOYWORLD_DIR / "model_index.json").is_file() else None
 
 
+def default_model_name() -> str:
+    """What the PNG ``parameters`` call the default model (A1111's "Model:"): a name, not this machine's path."""
+    return "negschedule-toyworld" if default_model_path() is not None else "negschedule-tiny-random"
+
+
 def load_pipeline(
     model: str | os.PathLike | None = None,
     *,
