@@ -313,3 +313,34 @@ def test_custom_timesteps_set_the_step_count(tiny_sd):
     with pytest.raises(InputError) as err:  # start 5 lies beyond the 4 steps the sigmas make
         generate(tiny_sd, prompt=PROMPT, negative_prompt=NEG, negative_start=5, sigmas=sigmas, output_type="latent")
     assert err.value.argument == "negative_start"
+
+
+NEG_2 = "purple hat"
+
+
+@pytest.mark.parametrize("scheduler", ["euler", "dpmpp_2m"])
+def test_sdxl_negative_prompt_2_is_timed_with_the_negative(tiny_sdxl, scheduler):
+    set_scheduler(tiny_sdxl, scheduler)
+    both = dict(prompt=PROMPT, negative_prompt=NEG, negative_prompt_2=NEG_2, **XL)
+    expected_both, _ = latents_of(stock, tiny_sdxl, **both)
+    expected_first, _ = latents_of(stock, tiny_sdxl, prompt=PROMPT, negative_prompt=NEG, **XL)
+    expected_none, ref_steps = latents_of(stock, tiny_sdxl, prompt=PROMPT, **XL)
+    assert not torch.equal(expected_both, expected_first)  # the second encoder's negative matters
+    assert torch.equal(latents_of(generate, tiny_sdxl, negative_start=0, **both)[0], expected_both)
+    assert torch.equal(latents_of(generate, tiny_sdxl, negative_start=N, **both)[0], expected_none)
+    _, steps = latents_of(generate, tiny_sdxl, negative_start=3, **both)
+    assert all(torch.equal(steps[s], ref_steps[s]) for s in range(3))
+    # From step 3 on the second encoder's negative acts too: step 3 differs from a switch to negative_prompt alone.
+    _, first_only = latents_of(generate, tiny_sdxl, prompt=PROMPT, negative_prompt=NEG, negative_start=3, **XL)
+    assert not torch.equal(steps[3], first_only[3])
+
+
+def test_negative_prompt_2_bad_input(tiny_sd, tiny_sdxl):
+    with pytest.raises(InputError) as err:
+        generate(tiny_sd, prompt=PROMPT, negative_prompt=NEG, negative_prompt_2=NEG_2, negative_start=1, num_inference_steps=N, output_type="latent")
+    assert err.value.argument == "negative_prompt_2"  # SD 1.x has no second text encoder
+    with pytest.raises(InputError) as err:
+        generate(tiny_sdxl, prompt=PROMPT, negative_prompt=NEG, negative_prompt_2=[NEG_2, NEG_2], num_inference_steps=N, output_type="latent", **XL)
+    assert err.value.argument == "negative_prompt_2"
+    with pytest.raises(InputError, match="plain CFG only"):
+        generate(tiny_sdxl, prompt=PROMPT, negative_prompt=NEG, negative_prompt_2=NEG_2, negative_start="auto", num_inference_steps=N, output_type="latent", **XL)

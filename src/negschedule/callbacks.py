@@ -95,16 +95,20 @@ class NegativeScheduleCallback(PipelineCallback):
 
         Give ``pipe`` to bind the callback to it first (needed for SDXL's pooled embeddings).
         """
-        from .conditioning import negative_argument
+        from .conditioning import negative_argument, second_negative_argument
 
         if pipe is not None:
             self.bind(pipe)
         first = self.step_keys[0]
-        return {
+        out = {
             "negative_prompt": negative_argument(first, self.encode_kwargs.get("prompt")),
             "guidance_scale": self.guidance_scale if self._cfg_on(first) else 1.0,
             "callback_on_step_end": self,
         }
+        second = second_negative_argument(first, self.encode_kwargs.get("prompt"), self.encode_kwargs.get("negative_prompt_2"))
+        if second is not None:
+            out["negative_prompt_2"] = second
+        return out
 
     def bind(self, pipe) -> "NegativeScheduleCallback":
         """Attach to ``pipe`` (sets the tensor inputs it needs); returns self."""

@@ -48,6 +48,18 @@ def negative_argument(key: NegativeKey, prompt: Any) -> str | list[str] | None:
     return texts
 
 
+def second_negative_argument(key: NegativeKey, prompt: Any, negative_prompt_2: str | list[str] | None) -> str | list[str] | None:
+    """SDXL's ``negative_prompt_2`` for ``key``: the user's second-encoder negative on the rows whose
+    negative is on, "" on the others; None when every row is off (the pipeline's own "no negative")."""
+    if negative_prompt_2 is None or all(text is None for text in key):
+        return None
+    seconds = [negative_prompt_2] * len(key) if isinstance(negative_prompt_2, str) else list(negative_prompt_2)
+    texts = ["" if text is None else second for text, second in zip(key, seconds)]
+    if not isinstance(prompt, list) and len(texts) == 1:
+        return texts[0]
+    return texts
+
+
 class NegativeEncoder:
     """Encodes and caches negatives for one call: each distinct key is encoded once.
 
@@ -69,6 +81,8 @@ class NegativeEncoder:
         self.positive: NegativeEmbeds | None = None
         # SD's encode_prompt takes these positionally, with no defaults.
         self.encode_kwargs = {"prompt": None, "num_images_per_prompt": 1, **encode_kwargs}
+        # SDXL's second-encoder negative: on exactly when the negative is (second_negative_argument).
+        self.negative_prompt_2 = self.encode_kwargs.pop("negative_prompt_2", None)
         self.num_images_per_prompt = self.encode_kwargs["num_images_per_prompt"]
         self._cache: dict[NegativeKey, NegativeEmbeds] = {}
 
@@ -89,6 +103,9 @@ class NegativeEncoder:
         kwargs = dict(self.encode_kwargs)
         prompt = kwargs.get("prompt")
         negative = negative_argument(key, prompt)
+        second = second_negative_argument(key, prompt, self.negative_prompt_2)
+        if second is not None:
+            kwargs["negative_prompt_2"] = second
         if self.positive is not None and "lora_scale" not in kwargs:
             # encode_prompt then skips the positive's text-encoder pass; the negative's pass is
             # unchanged (same tokens, same batch), so its embeddings are the same bits.

@@ -23,6 +23,22 @@ from .schedule import NegativeSchedule, NegativeWindow
 ENCODE_ARGS = ("prompt", "prompt_2", "prompt_embeds", "pooled_prompt_embeds", "clip_skip", "num_images_per_prompt")
 
 
+def _check_negative_prompt_2(pipe, negative_prompt_2, prompt, negative_windows):
+    """SDXL's second-encoder negative is timed with ``negative_prompt``: on exactly when it is."""
+    from .conditioning import is_sdxl
+
+    if not is_sdxl(pipe):
+        raise InputError("negative_prompt_2", negative_prompt_2, "is for SDXL pipelines (a second text encoder)")
+    if negative_windows:
+        raise InputError("negative_prompt_2", negative_prompt_2, "cannot be combined with negative_windows (it follows negative_prompt's timing)")
+    if isinstance(negative_prompt_2, list):
+        if not isinstance(prompt, list) or len(prompt) != len(negative_prompt_2):
+            raise InputError("negative_prompt_2", negative_prompt_2, "a list needs one text per prompt")
+    elif not isinstance(negative_prompt_2, str):
+        raise InputError("negative_prompt_2", negative_prompt_2, "a text or a list of texts")
+    return normalize_texts(pipe, negative_prompt_2)
+
+
 def call_defaults(pipe) -> dict[str, Any]:
     """Defaults of the pipeline's ``__call__`` (``num_inference_steps``, ``guidance_scale``, ...)."""
     params = inspect.signature(type(pipe).__call__).parameters
@@ -209,6 +225,8 @@ def generate(
     if _needs_engine(guidance, negative_start):
         if negative_windows or cfg_off:
             raise InputError("negative_windows" if negative_windows else "cfg_off", negative_windows or cfg_off, "not combined with this guidance")
+        if kwargs.get("negative_prompt_2") is not None:
+            raise InputError("negative_prompt_2", kwargs["negative_prompt_2"], "is timed with plain CFG only (a fixed negative_start, guidance=cfg)")
         from .guided import generate_guided
 
         return generate_guided(pipe, guidance, negative_start, negative_end, **kwargs)
@@ -239,9 +257,12 @@ def generate(
             kwargs.update(weighted.pipeline_kwargs(weighted.off_key, cfg=cfg))
             return pipe(**kwargs)
         return pipe(negative_prompt=None, **kwargs)
-    for name in ("negative_prompt_embeds", "negative_prompt_2", "negative_pooled_prompt_embeds"):
+    for name in ("negative_prompt_embeds", "negative_pooled_prompt_embeds"):
         if kwargs.get(name) is not None:
             raise InputError(name, "<given>", "cannot be timed: give negative_prompt as text")
+    negative_prompt_2 = kwargs.pop("negative_prompt_2", None)
+    if negative_prompt_2 is not None:
+        negative_prompt_2 = _check_negative_prompt_2(pipe, negative_prompt_2, prompt, negative_windows)
     require_cfg(guidance_scale)
     if cfg_off and any(kwargs.get(n) is not None for n in ("negative_original_size", "negative_target_size")):
         raise InputError("cfg_off", cfg_off, "cannot be combined with negative size conditioning")
@@ -256,7 +277,11 @@ def generate(
     )
     step_keys = [tuple(None if text is None else normalize_texts(pipe, text) for text in key) for key in step_keys]
     weighted, step_keys = plan_encoding(pipe, kwargs, step_keys)
+    if negative_prompt_2 is not None and weighted is not None:
+        raise InputError("negative_prompt_2", negative_prompt_2, "cannot be combined with A1111 weights or prompts over 75 tokens")
     encode_kwargs = {name: kwargs[name] for name in ENCODE_ARGS if kwargs.get(name) is not None}
+    if negative_prompt_2 is not None:
+        encode_kwargs["negative_prompt_2"] = negative_prompt_2
     lora_scale = (kwargs.get("cross_attention_kwargs") or {}).get("scale")
     if lora_scale is not None:
         encode_kwargs["lora_scale"] = lora_scale
