@@ -64,6 +64,7 @@ def test_compare_is_three_labelled_tiles_and_matches_generate(tmp_path):
         (["--model", "/no/such/model"], "model"),
         (["--steps", "0"], "steps"),
         (["--negative-prompt", "g", "--guidance-scale", "1"], "guidance_scale"),
+        (["--negative-prompt", "g", "--negative-prompt-2", "h"], "negative_prompt_2"),  # the toy model is SD 1.x
     ],
 )
 def test_bad_input_exit_2_one_line_no_file(tmp_path, capsys, args, argument):
@@ -120,3 +121,17 @@ def test_toy_eval_bad_input_exit_2_before_any_folder(tmp_path, capsys, args, arg
     assert code == 2
     assert argument in err and "Traceback" not in err
     assert not out.exists()
+
+
+def test_sdxl_negative_prompt_2_on_the_command_line(tmp_path, capsys):
+    from negschedule.tiny import build_tiny_sdxl
+
+    build_tiny_sdxl(seed=0).save_pretrained(tmp_path / "xl")
+    common = ["--prompt", "a cat", "--negative-prompt", "dog", "--negative-start", "1", "--steps", "3", "--model", str(tmp_path / "xl")]
+    assert main(["generate", *common, "--negative-prompt-2", "hat", "--out", str(tmp_path / "two.png")]) == 0
+    assert main(["generate", *common, "--out", str(tmp_path / "one.png")]) == 0
+    two, one = Image.open(tmp_path / "two.png"), Image.open(tmp_path / "one.png")
+    assert "Negative prompt 2: hat" in two.text["parameters"]
+    assert not np.array_equal(np.asarray(two), np.asarray(one))  # the second encoder's negative acts
+    # compare's no-negative tile must not keep the second negative either
+    assert main(["compare", *common, "--negative-prompt-2", "hat", "--out", str(tmp_path / "cmp.png")]) == 0

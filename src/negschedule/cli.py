@@ -23,6 +23,7 @@ class RunSettings:
 
     prompt: str
     negative_prompt: str | None = None
+    negative_prompt_2: str | None = None  # SDXL's second text encoder's negative, timed with negative_prompt
     negative_start: int | float | None = None  # int = step, float = fraction (a decimal point on the CLI)
     negative_end: int | float | None = None
     negative_windows: list[tuple[str, int | float, int | float | None]] = field(default_factory=list)
@@ -59,6 +60,7 @@ def _textual_inversion(text: str) -> tuple[str, str]:
 def _add_generation_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prompt", required=True)
     p.add_argument("--negative-prompt", default=None, help="may use A1111 prompt editing, e.g. '[:glasses:0.2]'")
+    p.add_argument("--negative-prompt-2", default=None, help="SDXL only: the second text encoder's negative, on exactly when --negative-prompt is")
     p.add_argument("--negative-start", default=None, help="step (5) or fraction of steps (0.2); '1' is step 1, '1.0' all steps; 'auto' finds it while sampling")
     p.add_argument("--negative-end", default=None, help="exclusive end, step or fraction")
     p.add_argument(
@@ -101,6 +103,7 @@ def _settings(args: argparse.Namespace) -> RunSettings:
     return RunSettings(
         prompt=args.prompt,
         negative_prompt=args.negative_prompt,
+        negative_prompt_2=args.negative_prompt_2,
         negative_start=None if args.negative_start is None else (
             "auto" if args.negative_start.strip().lower() == "auto" else _step_value(args.negative_start, "negative_start")
         ),
@@ -132,6 +135,19 @@ def _check_out(path: str) -> Path:
     return out
 
 
+def _pipeline_class(model: str | None) -> str | None:
+    """The pipeline class a model folder declares (``model_index.json``), None where it cannot be read before loading."""
+    import json
+
+    from .models import default_model_path
+
+    folder = default_model_path() if model is None else Path(model)
+    try:
+        return json.loads((Path(folder) / "model_index.json").read_text()).get("_class_name")
+    except (OSError, ValueError, TypeError):
+        return None
+
+
 def _check_before_loading(s: RunSettings) -> None:
     """Everything that can be checked without the model, so bad input costs no loading time."""
     from .generate import require_cfg
@@ -145,6 +161,10 @@ def _check_before_loading(s: RunSettings) -> None:
     if has_negative:
         require_cfg(s.guidance_scale)
     _guidance(s)  # an unknown rule name fails here
+    if s.negative_prompt_2 is not None:
+        pipeline_class = _pipeline_class(s.model)
+        if pipeline_class is not None and "XL" not in pipeline_class:
+            raise InputError("negative_prompt_2", s.negative_prompt_2, f"is for SDXL pipelines; the model is a {pipeline_class}")
     if has_negative:
         from .generate import plan_negatives
 
@@ -191,7 +211,11 @@ def _generate(pipe, s: RunSettings, **timing: Any):
         kwargs["height"] = s.height
     if s.width:
         kwargs["width"] = s.width
+    if s.negative_prompt_2 is not None:
+        kwargs["negative_prompt_2"] = s.negative_prompt_2
     kwargs.update(timing)
+    if kwargs.get("negative_prompt_2") is None:
+        kwargs.pop("negative_prompt_2", None)  # SD 1.x pipelines do not take the argument at all
     out = generate(pipe, **kwargs)
     if kwargs.get("negative_start") == "auto":
         s.auto_start = getattr(out, "negative_start", None)
@@ -214,6 +238,7 @@ def png_parameters(pipe, s: RunSettings, **extra: Any) -> str:
         "Size": f"{s.width or pipe.unet.config.sample_size * pipe.vae_scale_factor}x"
         f"{s.height or pipe.unet.config.sample_size * pipe.vae_scale_factor}",
         "Model": s.model or default_model_name(),
+        "Negative prompt 2": s.negative_prompt_2,
         "Negative start": s.negative_start,
         "Negative end": s.negative_end,
         "Negative windows": "; ".join(f"{p} [{a}, {b})" for p, a, b in s.negative_windows) or None,
@@ -260,7 +285,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     k = resolve_step(s.negative_start, s.steps, "negative_start")
     images = [
-        _generate(pipe, s, negative_prompt=None, negative_start=None, negative_end=None, negative_windows=[]),
+        _generate(pipe, s, negative_prompt=None, negative_prompt_2=None, negative_start=None, negative_end=None, negative_windows=[]),
         _generate(pipe, s, negative_start=0),
         _generate(pipe, s),
     ]
