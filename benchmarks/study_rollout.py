@@ -7,8 +7,10 @@ truth on the toy world: for held-out bench prompts (``bench-guidance``'s prompt 
 seeds apart from the bench's own), each image seed and every start k in 0..max_start, the truth is
 the detector on the image a negative from step k really gives (the engine's prefix-shared sweep),
 and the prediction is the detector on the look-ahead from the no-negative trajectory's latents at
-step k, for 1, 2 and 3 jumps. Prints the agreement per jump count (all k, and k near the critical
-step) and writes the raw answers to ``--out`` as JSON.
+step k, for 1, 2 and 3 jumps; also the same look-ahead with the negative off, as a control.
+Prints per jump count the agreement, its one-sided errors, the per-image critical step within
+one, and the agreement when "removed" also needs the control to show the concept; writes the raw
+answers to ``--out`` as JSON.
 
     python benchmarks/study_rollout.py [--prompts 16] [--scene-seed 5000000] [--out runs/study-rollout.json]
 """
@@ -47,6 +49,7 @@ def truth_and_predictions(pipe, row, seed: int, steps: int, last: int, guidance_
     cond_off = eng._condition(sampler.off_key)
     extra = eng.pipe.prepare_extra_step_kwargs(None, eng.eta)
     predicted = {j: [] for j in JUMPS}
+    control = {j: [] for j in JUMPS}  # the concept seen in the same look-ahead with the negative off
     with torch.no_grad():
         for p, t in enumerate(eng.timesteps):
             x = state.latents
@@ -54,8 +57,9 @@ def truth_and_predictions(pipe, row, seed: int, steps: int, last: int, guidance_
             if p <= last:
                 for j in JUMPS:
                     predicted[j].append(not decider.detector(decider.decode(sampler._lookahead(x, p, eps_pos, j))))
+                    control[j].append(decider.detector(decider.decode(sampler._lookahead(x, p, eps_pos, j, negative=False))))
             state.latents = state.scheduler.step(eps_u + guidance_scale * (eps_pos - eps_u), t, x, **extra, return_dict=False)[0]
-    return {"truth": truth, "predicted": predicted, "baseline_present": baseline_present}
+    return {"truth": truth, "predicted": predicted, "control": control, "baseline_present": baseline_present}
 
 
 def critical(removed: list[bool]) -> int | None:
@@ -91,7 +95,15 @@ def main() -> None:
         crit_hits = [critical(r["predicted"][j]) == critical(r["truth"]) or
                      (critical(r["predicted"][j]) is not None and critical(r["truth"]) is not None and abs(critical(r["predicted"][j]) - critical(r["truth"])) <= 1)
                      for r in records]
-        print(f"{j} jump(s): answer agrees with the truth {agree:.3f}; per-image critical step within one {np.mean(crit_hits):.3f}")
+        false_removed = np.mean([p and not t for r in records for p, t in zip(r["predicted"][j], r["truth"])])
+        missed = np.mean([t and not p for r in records for p, t in zip(r["predicted"][j], r["truth"])])
+        controlled = [[p and c for p, c in zip(r["predicted"][j], r["control"][j])] for r in records]
+        agree_c = np.mean([p == t for r, pc in zip(records, controlled) for p, t in zip(pc, r["truth"])])
+        false_c = np.mean([p and not t for r, pc in zip(records, controlled) for p, t in zip(pc, r["truth"])])
+        print(f"{j} jump(s): answer agrees with the truth {agree:.3f} (says removed wrongly {false_removed:.3f}, "
+              f"misses a removal {missed:.3f}); per-image critical step within one {np.mean(crit_hits):.3f}; "
+              f"with the no-negative control (removed = seen there, not with the negative): agrees {agree_c:.3f}, "
+              f"says removed wrongly {false_c:.3f}")
     with open(args.out, "w") as f:
         json.dump({"records": records, "args": vars(args)}, f, indent=1, default=bool)
 

@@ -286,13 +286,14 @@ class GuidedSampler:
 
     # ---- negative_start="auto" with look-ahead rollouts --------------------------------------------
 
-    def _lookahead(self, x, p: int, eps_pos: torch.Tensor, jumps: int) -> torch.Tensor:
+    def _lookahead(self, x, p: int, eps_pos: torch.Tensor, jumps: int, negative: bool = True) -> torch.Tensor:
         """The clean latent reached from the latents ``x`` of pass ``p`` with the negative on from now:
-        ``jumps`` DDIM jumps (eta 0) over the remaining timesteps. The first jump reuses ``eps_pos``."""
+        ``jumps`` DDIM jumps (eta 0) over the remaining timesteps. The first jump reuses ``eps_pos``.
+        ``negative=False``: the same look-ahead with the negative off (a control)."""
         engine = self.engine
         w = engine.guidance_scale
         timesteps = engine.timesteps
-        cond_neg = engine._condition(self.negative_key)
+        cond_neg = engine._condition(self.negative_key if negative else self.off_key)
         only_neg = self._rows([cond_neg], ["neg"])
         remaining = len(timesteps) - p
         marks = sorted({p + (j * remaining) // jumps for j in range(jumps)})
