@@ -254,7 +254,7 @@ def attention_maps(
     ``tokens``: words of ``prompt``; ``negative_tokens``: words of ``negative_prompt``. Each gets a
     ``(steps, height, width)`` map, averaged over heads, cross-attention layers and the word's tokens.
     """
-    from .engine import Engine, Run
+    from .engine import Engine, Run, guidance_kwargs
 
     if not isinstance(prompt, str):
         raise InputError("prompt", prompt, "attention maps are taken for one prompt (a string)")
@@ -264,9 +264,8 @@ def attention_maps(
         raise InputError("negative_tokens", list(negative_tokens), "need a negative_prompt")
     if pipeline_kwargs.get("num_images_per_prompt", 1) != 1:
         raise InputError("num_images_per_prompt", pipeline_kwargs["num_images_per_prompt"], "attention maps are taken for one image")
-    guidance = {} if guidance_scale is None else {"guidance_scale": guidance_scale}  # None: the pipeline's default
-    engine = Engine(pipe, prompt=prompt, num_inference_steps=num_inference_steps, output_type="pil", **guidance,
-                    **pipeline_kwargs)
+    engine = Engine(pipe, prompt=prompt, num_inference_steps=num_inference_steps, output_type="pil",
+                    **guidance_kwargs(guidance_scale), **pipeline_kwargs)
     run = Run(negative_prompt, negative_start, negative_end)
     keys = engine.step_keys(run)
     tokenizer = pipe.tokenizer

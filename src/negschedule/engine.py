@@ -626,6 +626,11 @@ class Engine:
         return images, latents
 
 
+def guidance_kwargs(guidance_scale: float | None) -> dict[str, float]:
+    """The ``guidance_scale`` keyword for an :class:`Engine`: None leaves it out, so the pipeline's own default applies (SDXL's is 5)."""
+    return {} if guidance_scale is None else {"guidance_scale": guidance_scale}
+
+
 def sample_runs(pipe, runs: Sequence[Run], seeds: Sequence[int], config: EngineConfig | None = None, **pipeline_kwargs):
     """Sample ``runs`` x ``seeds`` on ``pipe`` with shared prefixes (see :class:`Engine`)."""
     return Engine(pipe, config, **pipeline_kwargs).sample(runs, seeds)
@@ -639,4 +644,4 @@ def start_sweep_runs(negative_prompt: str, starts: Sequence[int], num_inference_
     return runs
 
 
-__all__ = ["Batching", "Engine", "EngineConfig", "EngineResult", "Run", "sample_runs", "start_sweep_runs"]
+__all__ = ["Batching", "Engine", "EngineConfig", "EngineResult", "Run", "guidance_kwargs", "sample_runs", "start_sweep_runs"]

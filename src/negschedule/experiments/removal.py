@@ -27,10 +27,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from ..engine import Engine, EngineConfig, Run
+from ..engine import Engine, EngineConfig, Run, guidance_kwargs
 from ..errors import InputError
 from .store import ResultStore
-from .sweep import _guidance
 
 
 @dataclass(frozen=True)
@@ -245,7 +244,7 @@ def run_removal_curve(pipe, config: RemovalConfig, out: str | os.PathLike | None
         if engine is None:
             engine = Engine(pipe, EngineConfig(cache_prefixes=True), prompt=config.prompt,
                             num_inference_steps=config.num_inference_steps,
-                            output_type="pil", **_guidance(config.guidance_scale), **config.pipeline)
+                            output_type="pil", **guidance_kwargs(config.guidance_scale), **config.pipeline)
             engine.step_keys(_window(config.negative_prompt, 0, 1, config.num_inference_steps))  # bad input fails now
         engine.clear_cache()  # states of another seed are never reused; keep memory to one seed's
         rounds = [0]

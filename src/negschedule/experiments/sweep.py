@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from ..engine import Batching, Engine, EngineConfig, Run
+from ..engine import Batching, Engine, EngineConfig, Run, guidance_kwargs
 from ..errors import InputError
 from . import metrics
 from .store import ResultStore
@@ -81,11 +81,6 @@ class SweepConfig:
             raise InputError("batching", self.batching, f"choose one of {', '.join(b.value for b in Batching)}")
         if self.pipeline.get("num_images_per_prompt", 1) != 1:
             raise InputError("num_images_per_prompt", self.pipeline["num_images_per_prompt"], "a sweep makes one image per cell")
-
-
-def _guidance(guidance_scale: float | None) -> dict[str, float]:
-    """The guidance keyword for the engine: absent means the pipeline's own default (SDXL's is 5)."""
-    return {} if guidance_scale is None else {"guidance_scale": guidance_scale}
 
 
 def column_label(column: int | tuple[int, int] | None) -> str:
@@ -238,7 +233,7 @@ def run_sweep(pipe, config: SweepConfig, out: str | os.PathLike | None = None, p
                 prompt=config.prompts[p],
                 num_inference_steps=config.num_inference_steps,
                 output_type="pil",
-                **_guidance(config.guidance_scale),
+                **guidance_kwargs(config.guidance_scale),
                 **config.pipeline,
             )
         return engines[p]
