@@ -132,10 +132,13 @@ class GuidedSampler:
     def x0(self, latents: torch.Tensor, eps: torch.Tensor, t) -> torch.Tensor:
         """The predicted clean latent ``(x - sqrt(1 - a) eps) / sqrt(a)`` (VP form; v-prediction handled)."""
         a = self.alpha_bar(t)
-        x = self._vp(latents, a)
+        return self._clean_and_noise(self._vp(latents, a), eps, a)[0]
+
+    def _clean_and_noise(self, xv: torch.Tensor, out: torch.Tensor, a: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """The clean latent and the noise that the model output ``out`` says make up the VP latent ``xv``."""
         if self.prediction_type == "v_prediction":
-            return math.sqrt(a) * x - math.sqrt(1 - a) * eps
-        return (x - math.sqrt(1 - a) * eps) / math.sqrt(a)
+            return math.sqrt(a) * xv - math.sqrt(1 - a) * out, math.sqrt(1 - a) * xv + math.sqrt(a) * out
+        return (xv - math.sqrt(1 - a) * out) / math.sqrt(a), out
 
     def _rows(self, conds: list[dict[str, torch.Tensor]], take: list[str]) -> dict[str, torch.Tensor]:
         """Stack the wanted row blocks ("neg" = first half, "pos" = second half of a CFG conditioning)."""
@@ -299,7 +302,6 @@ class GuidedSampler:
         marks = sorted({p + (j * remaining) // jumps for j in range(jumps)})
         a = self.alpha_bar(timesteps[p])
         xv = self._vp(x, a)  # the UNet sees VP latents (what scale_model_input gives for VE schedulers)
-        x0 = xv
         for j, q in enumerate(marks):
             t = timesteps[q]
             a = self.alpha_bar(t)
@@ -310,11 +312,7 @@ class GuidedSampler:
             else:
                 eps_neg, pos = engine._unet(torch.cat([xv, xv]), t, cond_neg).chunk(2)
                 engine._count(2 * xv.shape[0])
-            eps = cfg(eps_neg, pos, w)
-            if self.prediction_type == "v_prediction":
-                x0, eps = math.sqrt(a) * xv - math.sqrt(1 - a) * eps, math.sqrt(1 - a) * xv + math.sqrt(a) * eps
-            else:
-                x0 = (xv - math.sqrt(1 - a) * eps) / math.sqrt(a)
+            x0, eps = self._clean_and_noise(xv, cfg(eps_neg, pos, w), a)
             if j + 1 < len(marks):
                 a_next = self.alpha_bar(timesteps[marks[j + 1]])
                 xv = math.sqrt(a_next) * x0 + math.sqrt(1 - a_next) * eps
