@@ -206,16 +206,15 @@ def _generate(pipe, s: RunSettings, **timing: Any):
         negative_windows=s.negative_windows,
         cfg_off=s.cfg_off,
         guidance=_guidance(s),
+        negative_prompt_2=s.negative_prompt_2,
     )
     if s.height:
         kwargs["height"] = s.height
     if s.width:
         kwargs["width"] = s.width
-    if s.negative_prompt_2 is not None:
-        kwargs["negative_prompt_2"] = s.negative_prompt_2
     kwargs.update(timing)
-    if kwargs.get("negative_prompt_2") is None:
-        kwargs.pop("negative_prompt_2", None)  # SD 1.x pipelines do not take the argument at all
+    if kwargs["negative_prompt_2"] is None:
+        del kwargs["negative_prompt_2"]  # SD 1.x pipelines do not take the argument at all
     out = generate(pipe, **kwargs)
     if kwargs.get("negative_start") == "auto":
         s.auto_start = getattr(out, "negative_start", None)

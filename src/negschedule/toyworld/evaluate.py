@@ -28,8 +28,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from ..experiments.metrics import ssim
 
+from ..experiments.metrics import ssim
 from .detector import detect
 from .world import COLOURS, SHAPES, caption, make_scene, render
 
