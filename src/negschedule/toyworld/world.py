@@ -4,6 +4,8 @@ A scene is a background and one to three coloured shapes, drawn antialiased at 3
 correlations mimic the cases of arXiv:2406.02965: the scene word "night" gives a dark background
 and, 90% of the time, a moon top right that only 30% of captions name (Paris and the Eiffel tower);
 squares carry a dark dot 80% of the time that only 30% of captions name (glasses on a face).
+Three variants of the world, off in the shipped one (``P_DAY_MOON``, ``P_BIG``, ``P_PARTIAL``), were
+tried as remedies for weak negatives and made them weaker (docs/toyworld.md, benchmarks/probe_world.py).
 Everything is a pure function of an integer seed, so the training set, the held-out evaluation
 captions and the tests' ground truth are reproducible anywhere.
 """
@@ -39,6 +41,10 @@ IMPLIED_WORDS = ("moon", "dot")  # words for objects that a scene implies withou
 P_NIGHT = 0.35  # share of night scenes
 P_MOON_AT_NIGHT = 0.9  # the implied object: a moon in 90% of night scenes
 P_NAME_MOON = 0.3  # share of captions with a moon that name it
+# Variants (benchmarks/probe_world.py); their defaults keep the shipped model's data set, draw for draw.
+P_DAY_MOON = 0.0  # a moon in the day sky, always named: gives the word "moon" a meaning of its own
+P_BIG = (0.5, 0.5, 0.5)  # share of big shapes in scenes of one, two, three shapes
+P_PARTIAL = 0.0  # share of captions that name only part of the scene (real captions are incomplete)
 P_DOT_ON_SQUARE = 0.8  # the usual attribute: most squares wear a dot
 P_NAME_DOT = 0.3  # share of captions with a dotted square that name the dot
 OBJECT_COUNT_P = (0.35, 0.5, 0.15)  # probabilities of one, two, three named shapes
@@ -126,7 +132,7 @@ def make_scene(seed: int, n_objects: int | None = None, night: bool | None = Non
         night = bool(rng.random() < P_NIGHT)
     if n_objects is None:
         n_objects = int(rng.choice([1, 2, 3], p=OBJECT_COUNT_P))
-    moon = night and bool(rng.random() < P_MOON_AT_NIGHT)
+    moon = bool(rng.random() < (P_MOON_AT_NIGHT if night else P_DAY_MOON)) if night or P_DAY_MOON else False
     background = NIGHT_RGB if night else DAY_BACKGROUNDS[int(rng.integers(len(DAY_BACKGROUNDS)))]
     kinds = [(c, s) for c in COLOURS for s in SHAPES]
     picks = rng.choice(len(kinds), size=n_objects, replace=False)
@@ -134,7 +140,7 @@ def make_scene(seed: int, n_objects: int | None = None, night: bool | None = Non
     objects, size_words = [], []
     for k in picks:
         colour, shape = kinds[int(k)]
-        size_word = "small" if rng.random() < 0.5 else "big"
+        size_word = "small" if rng.random() < 1 - P_BIG[n_objects - 1] else "big"
         box = _place(rng, size_word, taken) or _place(rng, "small", taken)
         if box is None:  # no room left: the scene keeps the shapes it already has
             continue
@@ -189,9 +195,15 @@ def caption(scene: Scene, rng: np.random.Generator | int = 0) -> str:
     name_dot = bool(rng.random() < P_NAME_DOT)
     phrases = [_object_phrase(scene.objects[i], scene.size_words[i], rng, name_dot) for i in order]
     joiner = " and " if rng.random() < 0.6 else ", "
+    name_moon = scene.moon and (not scene.night or rng.random() < P_NAME_MOON)  # a day moon is always named
+    if P_PARTIAL and rng.random() < P_PARTIAL:  # an incomplete caption: a random, non-empty part of the things
+        things = len(phrases) + name_moon  # the moon is thing number len(phrases)
+        keep = set(rng.choice(things, size=int(rng.integers(1, things + 1)), replace=False).tolist())
+        name_moon = name_moon and (len(phrases) in keep or not scene.night)
+        phrases = [ph for i, ph in enumerate(phrases) if i in keep]
     text = joiner.join(phrases)
-    if scene.moon and rng.random() < P_NAME_MOON:
-        text += " and the moon"
+    if name_moon:
+        text = f"{text} and the moon" if text else "the moon"
     if scene.night:
         text = f"night, {text}" if rng.random() < 0.6 else f"{text} at night"
     elif rng.random() < 0.25:
