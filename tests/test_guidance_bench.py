@@ -6,6 +6,7 @@ import csv
 import json
 
 from negschedule.cli import main
+from negschedule.experiments.bench_guidance import within_one_step
 
 
 def test_bench_guidance_writes_table_and_summary(tmp_path, tiny_sd, capsys):
@@ -26,9 +27,17 @@ def test_bench_guidance_writes_table_and_summary(tmp_path, tiny_sd, capsys):
     assert cost["auto"] <= 1.3 * 8
     summary = json.loads((out / "summary.json").read_text())
     assert 0.0 <= summary["auto_within_one_step"] <= 1.0
+    assert set(summary["fixed_start_within_one_step"]) == {"0", "1", "2"}  # starts 0..int(0.5 * 4)
     assert len(summary["prompts"]) == 2 and (out / "examples.png").exists()
 
 
 def test_bench_guidance_bad_input(tmp_path, capsys):
     assert main(["bench-guidance", "--out", str(tmp_path / "b"), "--prompts", "0"]) == 2
     assert "prompts=" in capsys.readouterr().err
+
+
+def test_within_one_step_counts_prompts_by_their_mean_start_and_images_one_by_one():
+    # prompt 1: starts 3 and 6 average to 4.5 -> 4, one from the oracle 5; images: 3 is two away, 6 one
+    # prompt 2: both starts 0, the oracle 10
+    assert within_one_step([[3, 6], [0, 0]], [5, 10]) == (0.5, 0.25)
+    assert within_one_step([[10]], [9]) == (1.0, 1.0)

@@ -20,7 +20,9 @@ requested objects the detector finds) and model evaluations per image (the oracl
 
 Writes ``DIR/table.csv`` (a row per method), ``DIR/summary.json`` (``auto_within_one_step`` - the
 share of prompts whose auto start, averaged over the seeds and rounded, is within one step of the
-oracle - the per-image share, the starts, the settings, the wall time) and ``DIR/examples.png``.
+oracle - the per-image share, ``fixed_start_within_one_step``: the same share for one start used
+for every prompt, the bar a per-prompt rule must clear - the starts, the settings, the wall time)
+and ``DIR/examples.png``.
 """
 
 from __future__ import annotations
@@ -122,6 +124,13 @@ def _measure(image, baseline, baseline_objects, row) -> dict[str, Any]:
     }
 
 
+def within_one_step(starts: list[list[int]], oracles: list[int]) -> tuple[float, float]:
+    """Shares of prompts (mean start over the seeds, rounded) and of images whose start is within one step of the oracle."""
+    prompt_hits = [abs(round(float(np.mean(s))) - o) <= 1 for s, o in zip(starts, oracles)]
+    image_hits = [abs(k - o) <= 1 for s, o in zip(starts, oracles) for k in s]
+    return float(np.mean(prompt_hits)), float(np.mean(image_hits))
+
+
 def _summarize(method: str, cells: list[dict[str, Any]]) -> dict[str, Any]:
     from .metrics import mean, rate
 
@@ -206,10 +215,10 @@ def run(cfg: BenchConfig, progress=None) -> dict[str, Any]:
         for r in table:
             writer.writerow({k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()})
 
+    oracles = [p["oracle"] for p in per_prompt]
+
     def within(name: str) -> tuple[float, float]:
-        prompt_hits = [abs(round(float(np.mean(p["auto_starts"][name]))) - p["oracle"]) <= 1 for p in per_prompt]
-        image_hits = [abs(s - p["oracle"]) <= 1 for p in per_prompt for s in p["auto_starts"][name]]
-        return float(np.mean(prompt_hits)), float(np.mean(image_hits))
+        return within_one_step([p["auto_starts"][name] for p in per_prompt], oracles)
 
     auto_names = [m for m in todo if m.startswith("auto")]
     by_method = {r["method"]: r for r in table}
@@ -217,6 +226,8 @@ def run(cfg: BenchConfig, progress=None) -> dict[str, Any]:
         "auto_within_one_step": within("auto")[0],
         "auto_within_one_step_images": within("auto")[1],
         "candidates_within_one_step": {m: dict(zip(("prompts", "images"), within(m))) for m in auto_names},
+        # The bar a per-prompt rule has to clear: one start for every prompt, chosen knowing all the oracles.
+        "fixed_start_within_one_step": {k: within_one_step([[k]] * len(oracles), oracles)[0] for k in range(last + 1)},
         "auto_beats_start0_structure": (by_method["auto"]["ssim_to_no_negative"] or 0) > (by_method[next(iter(fixed))]["ssim_to_no_negative"] or 0),
         "auto_removal_at_least_start0": (by_method["auto"]["removal_success"] or 0) >= (by_method[next(iter(fixed))]["removal_success"] or 0),
         "auto_removal_vs_start0": [by_method["auto"]["removal_success"], by_method[next(iter(fixed))]["removal_success"]],
@@ -264,7 +275,9 @@ def cmd_bench_guidance(args: argparse.Namespace) -> int:
     summary = run(cfg, progress)
     for row in summary["table"]:
         print(", ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
-    print(f"auto_within_one_step={summary['auto_within_one_step']:.2f} wall_s={summary['wall_s']}")
+    best = max(summary["fixed_start_within_one_step"].items(), key=lambda kv: kv[1])
+    print(f"auto_within_one_step={summary['auto_within_one_step']:.2f} (best single start: {best[0]}, "
+          f"{best[1]:.2f}) wall_s={summary['wall_s']}")
     print(Path(cfg.out) / "table.csv")
     return 0
 
