@@ -6,7 +6,7 @@ import csv
 import json
 
 from negschedule.cli import main
-from negschedule.experiments.bench_guidance import within_one_step
+from negschedule.experiments.bench_guidance import best_start, within_one_step
 
 
 def test_bench_guidance_writes_table_and_summary(tmp_path, tiny_sd, capsys):
@@ -28,6 +28,8 @@ def test_bench_guidance_writes_table_and_summary(tmp_path, tiny_sd, capsys):
     summary = json.loads((out / "summary.json").read_text())
     assert 0.0 <= summary["auto_within_one_step"] <= 1.0
     assert set(summary["fixed_start_within_one_step"]) == {"0", "1", "2"}  # starts 0..int(0.5 * 4)
+    assert 0.0 <= summary["image_oracle_within_one_step"] <= 1.0
+    assert all(0 <= k <= 2 for p in summary["prompts"] for k in p["image_oracles"])
     assert len(summary["prompts"]) == 2 and (out / "examples.png").exists()
 
 
@@ -41,3 +43,9 @@ def test_within_one_step_counts_prompts_by_their_mean_start_and_images_one_by_on
     # prompt 2: both starts 0, the oracle 10
     assert within_one_step([[3, 6], [0, 0]], [5, 10]) == (0.5, 0.25)
     assert within_one_step([[10]], [9]) == (1.0, 1.0)
+
+
+def test_best_start_prefers_removal_then_structure_then_the_earlier_start():
+    assert best_start([1.0, 1.0, 0.5, 0.0], [0.3, 0.5, 0.7, 0.9]) == 1  # the latest start that still removes as often
+    assert best_start([0.0, 0.0, 0.0], [0.3, 0.6, 0.6]) == 1  # nothing removes: the best structure, earliest on ties
+    assert best_start([0.5, 0.0, 1.0], [0.9, 0.9, 0.1]) == 2  # removal first, whatever the structure
