@@ -158,3 +158,24 @@ def test_eval_sets():
         assert len(requested) == 2 and other not in requested
         assert all(name.split()[1] in text for name in requested)
     assert all("moon" not in text and "night" in text for text in night_set(cfg))
+
+
+def test_world_variants_change_what_they_say(monkeypatch):
+    """The probed variants (benchmarks/probe_world.py): a named day moon, size by count, partial captions."""
+    from negschedule.toyworld import world
+
+    monkeypatch.setattr(world, "P_DAY_MOON", 0.1)
+    monkeypatch.setattr(world, "P_BIG", (0.85, 0.5, 0.3))
+    monkeypatch.setattr(world, "P_PARTIAL", 0.2)
+    scenes = [make_scene(s) for s in range(3000)]
+    day = [s for s in scenes if not s.night]
+    assert 0.07 < np.mean([s.moon for s in day]) < 0.13
+    rng = np.random.default_rng(0)
+    assert all("moon" in caption(s, rng) for s in day if s.moon)  # a day moon is always named
+    lone = [w for s in scenes if len(s.objects) == 1 for w in s.size_words]
+    assert 0.8 < np.mean([w == "big" for w in lone]) < 0.9
+    several = [s for s in scenes if len(s.objects) >= 2]
+    texts = [caption(s, rng) for s in several]
+    named = [sum(f"{o.colour} {o.shape}" in t for o in s.objects) for s, t in zip(several, texts)]
+    assert 0.08 < np.mean([k < len(s.objects) for k, s in zip(named, several)]) < 0.2  # some name only part
+    assert all(t.strip(" ,") not in ("", "night", "day") for t in texts)  # never nothing

@@ -132,7 +132,8 @@ def make_scene(seed: int, n_objects: int | None = None, night: bool | None = Non
         night = bool(rng.random() < P_NIGHT)
     if n_objects is None:
         n_objects = int(rng.choice([1, 2, 3], p=OBJECT_COUNT_P))
-    moon = bool(rng.random() < (P_MOON_AT_NIGHT if night else P_DAY_MOON)) if night or P_DAY_MOON else False
+    # A day scene draws for a moon only when that variant is on: off, the draws are the shipped data set's.
+    moon = (night or P_DAY_MOON > 0) and bool(rng.random() < (P_MOON_AT_NIGHT if night else P_DAY_MOON))
     background = NIGHT_RGB if night else DAY_BACKGROUNDS[int(rng.integers(len(DAY_BACKGROUNDS)))]
     kinds = [(c, s) for c in COLOURS for s in SHAPES]
     picks = rng.choice(len(kinds), size=n_objects, replace=False)
