@@ -6,7 +6,7 @@ import csv
 import json
 
 from negschedule.cli import main
-from negschedule.experiments.bench_guidance import best_start, within_one_step
+from negschedule.experiments.bench_guidance import best_start, within_one_step, within_one_step_of_own
 
 
 def test_bench_guidance_writes_table_and_summary(tmp_path, tiny_sd, capsys):
@@ -29,6 +29,7 @@ def test_bench_guidance_writes_table_and_summary(tmp_path, tiny_sd, capsys):
     assert 0.0 <= summary["auto_within_one_step"] <= 1.0
     assert set(summary["fixed_start_within_one_step"]) == {"0", "1", "2"}  # starts 0..int(0.5 * 4)
     assert 0.0 <= summary["image_oracle_within_one_step"] <= 1.0
+    assert {"auto", "start 0", "start 2"} <= set(summary["within_one_step_of_own_best_start"])
     assert all(0 <= k <= 2 for p in summary["prompts"] for k in p["image_oracles"])
     assert len(summary["prompts"]) == 2 and (out / "examples.png").exists()
 
@@ -43,6 +44,8 @@ def test_within_one_step_counts_prompts_by_their_mean_start_and_images_one_by_on
     # prompt 2: both starts 0, the oracle 10
     assert within_one_step([[3, 6], [0, 0]], [5, 10]) == (0.5, 0.25)
     assert within_one_step([[10]], [9]) == (1.0, 1.0)
+    # against each image's own best start: 3 vs 5 misses, 6 vs 6 hits; 0 vs 1 hits, 0 vs 10 misses
+    assert within_one_step_of_own([[3, 6], [0, 0]], [[5, 6], [1, 10]]) == 0.5
 
 
 def test_best_start_prefers_removal_then_structure_then_the_earlier_start():
