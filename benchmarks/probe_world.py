@@ -14,6 +14,7 @@ Variants:
   day-moon         10% of day scenes have a moon, always named; lone shapes usually big (P_BIG)
   day-moon-rates   day-moon, plus a moon in 85% of night scenes and 40% of them naming it
   partial          day-moon, plus 20% of captions naming only part of the scene
+  no-singles       no scene of one shape: a bare "red circle" becomes a caption the model never saw
 Figures measured on this machine are in docs/toyworld.md ("World variants probed").
 """
 
@@ -36,6 +37,7 @@ VARIANTS = {
     "day-moon": {"P_DAY_MOON": 0.1, "P_BIG": (0.85, 0.5, 0.3)},
     "day-moon-rates": {"P_DAY_MOON": 0.1, "P_BIG": (0.85, 0.5, 0.3), "P_MOON_AT_NIGHT": 0.85, "P_NAME_MOON": 0.4},
     "partial": {"P_DAY_MOON": 0.1, "P_BIG": (0.85, 0.5, 0.3), "P_PARTIAL": 0.2},
+    "no-singles": {"OBJECT_COUNT_P": (0.0, 0.75, 0.25)},
 }
 
 
