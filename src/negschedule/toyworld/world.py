@@ -4,8 +4,8 @@ A scene is a background and one to three coloured shapes, drawn antialiased at 3
 correlations mimic the cases of arXiv:2406.02965: the scene word "night" gives a dark background
 and, 90% of the time, a moon top right that only 30% of captions name (Paris and the Eiffel tower);
 squares carry a dark dot 80% of the time that only 30% of captions name (glasses on a face).
-Three variants of the world, off in the shipped one (``P_DAY_MOON``, ``P_BIG``, ``P_PARTIAL``), were
-tried as remedies for weak negatives and made them weaker (docs/toyworld.md, benchmarks/probe_world.py).
+Variants of the world (``P_DAY_MOON``, ``P_BIG``, ``P_PARTIAL``, ``OBJECT_COUNT_P``; the shipped values
+below) were probed as remedies for weak negatives and did not help (docs/toyworld.md, benchmarks/probe_world.py).
 Everything is a pure function of an integer seed, so the training set, the held-out evaluation
 captions and the tests' ground truth are reproducible anywhere.
 """
