@@ -107,6 +107,8 @@ def test_toy_command_rejects_bad_arguments(tmp_path):
     from negschedule.toyworld.commands import main
 
     assert main(["toy", "train", "--out", str(tmp_path), "--unet-steps", "0"]) == 2
+    assert main(["toy", "eval", "--out", str(tmp_path / "eval"), "--scheduler", "nope"]) == 2
+    assert not (tmp_path / "eval").exists()
     with pytest.raises(SystemExit) as exit_info:
         main(["toy", "train", "--batch", "many"])
     assert exit_info.value.code == 2

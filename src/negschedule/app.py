@@ -203,14 +203,14 @@ def page_settings(
     seed: Any,
 ) -> PageSettings:
     """Check the core options; an empty negative prompt means none (and the sliders are then ignored)."""
-    from .schedulers import SCHEDULERS
+    from .schedulers import check_scheduler_name
 
     if not isinstance(prompt, str) or not prompt.strip():
         raise InputError("prompt", prompt, "is empty")
     if scheduler in (None, "", MODEL_SCHEDULER):
         scheduler = None
-    elif scheduler not in SCHEDULERS:
-        raise InputError("scheduler", scheduler, f"unknown name; choose one of {', '.join(SCHEDULERS)}")
+    else:
+        check_scheduler_name(scheduler)
     steps_n = _whole(steps, "steps", 1, MAX_STEPS)
     seed_n = _whole(seed, "seed", 0, 2**63 - 1)
     try:

@@ -151,12 +151,12 @@ def _pipeline_class(model: str | None) -> str | None:
 def _check_before_loading(s: RunSettings) -> None:
     """Everything that can be checked without the model, so bad input costs no loading time."""
     from .generate import require_cfg
-    from .schedulers import SCHEDULERS
+    from .schedulers import check_scheduler_name
 
     if s.steps <= 0:
         raise InputError("steps", s.steps, "must be at least 1")
-    if s.scheduler is not None and s.scheduler not in SCHEDULERS:
-        raise InputError("scheduler", s.scheduler, f"unknown name; choose one of {', '.join(SCHEDULERS)}")
+    if s.scheduler is not None:
+        check_scheduler_name(s.scheduler)
     has_negative = s.negative_prompt is not None or bool(s.negative_windows)
     if has_negative:
         require_cfg(s.guidance_scale)

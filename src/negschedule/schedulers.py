@@ -38,6 +38,13 @@ class UnknownSchedulerError(InputError):
     """Raised for a scheduler name outside :data:`SCHEDULERS`."""
 
 
+def check_scheduler_name(name: str, argument: str = "scheduler") -> str:
+    """``name`` if it is one of :data:`SCHEDULERS`; else the one error, naming ``argument`` (e.g. "--scheduler")."""
+    if name not in SCHEDULERS:
+        raise UnknownSchedulerError(argument, name, f"unknown name; choose one of {', '.join(SCHEDULERS)}")
+    return name
+
+
 def make_scheduler(name: str, base_config: dict[str, Any] | None = None, **overrides: Any):
     """Build scheduler ``name`` from ``base_config`` (a pipeline's scheduler config) or SD's defaults.
 
@@ -45,8 +52,7 @@ def make_scheduler(name: str, base_config: dict[str, Any] | None = None, **overr
     """
     import diffusers
 
-    if name not in SCHEDULERS:
-        raise UnknownSchedulerError("scheduler", name, f"unknown name; choose one of {', '.join(SCHEDULERS)}")
+    check_scheduler_name(name)
     class_name, sampler_overrides = SCHEDULERS[name]
     config = dict(SD_BASE_CONFIG if base_config is None else base_config)
     config.update(sampler_overrides)

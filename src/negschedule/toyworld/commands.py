@@ -66,12 +66,14 @@ def _run_train(args: argparse.Namespace) -> int:
 
 def _run_eval(args: argparse.Namespace) -> int:
     from ..generate import require_cfg
+    from ..schedulers import check_scheduler_name
     from .evaluate import EvalConfig, evaluate
 
     cfg = _config(EvalConfig, args)
     # Checked before the model loads and before the output folder is made.
     _check_at_least_one(cfg, ("n", "steps", "batch", "threads"))
     require_cfg(cfg.guidance_scale, "--guidance-scale")
+    check_scheduler_name(cfg.scheduler, "--scheduler")
     bad = [k for k in cfg.starts if not 0 <= k <= cfg.steps]
     if not cfg.starts or bad:
         raise InputError("--starts", ",".join(map(str, cfg.starts)), f"each start must lie in 0..{cfg.steps}")

@@ -30,6 +30,7 @@ import torch
 from PIL import Image
 
 from ..experiments.metrics import ssim
+from ..schedulers import scheduler_name, set_scheduler
 from .detector import detect
 from .world import COLOURS, SHAPES, caption, make_scene, render
 
@@ -52,6 +53,7 @@ class EvalConfig:
     scene_seed: int = 1_000_000  # first held-out scene seed (training uses 0..n_scenes-1)
     image_seed: int = 0  # image i is sampled with torch seed image_seed + i
     steps: int = 20  # denoising steps
+    scheduler: str = "ddim"  # sampler, a name of negschedule.schedulers (the shipped model's own is DDIM)
     guidance_scale: float = 7.5  # classifier-free guidance scale (the pipeline's default)
     starts: tuple[int, ...] = (0, 2, 4, 6, 8, 10, 14)  # negative start steps for the curves
     batch: int = 50  # images per pipeline call (memory bound)
@@ -66,6 +68,8 @@ def _load(cfg: EvalConfig):
     folder = Path(cfg.model) if cfg.model else ASSET_DIR
     pipe = StableDiffusionPipeline.from_pretrained(folder, local_files_only=True)
     pipe.set_progress_bar_config(disable=True)
+    if scheduler_name(pipe.scheduler) != cfg.scheduler:  # the model's own sampler is kept as loaded
+        set_scheduler(pipe, cfg.scheduler)
     return pipe
 
 
@@ -247,7 +251,8 @@ def _pct(value) -> str:
 def report(figures: dict) -> str:
     """The figures of ``evaluate`` as Markdown tables (what docs/toyworld.md shows)."""
     cfg = figures["config"]
-    lines = [f"{cfg['n']} held-out captions per set, {cfg['steps']} DDIM steps, guidance {cfg['guidance_scale']}, "
+    lines = [f"{cfg['n']} held-out captions per set, {cfg['steps']} {cfg.get('scheduler', 'ddim')} steps, "
+             f"guidance {cfg['guidance_scale']}, "
              f"image seeds {cfg['image_seed']}..{cfg['image_seed'] + cfg['n'] - 1}.", "",
              "| figure | measured | target | met |", "|---|---|---|---|"]
     for name, row in figures["summary"].items():
