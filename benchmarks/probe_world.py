@@ -15,6 +15,10 @@ Variants:
   day-moon-rates   day-moon, plus a moon in 85% of night scenes and 40% of them naming it
   partial          day-moon, plus 20% of captions naming only part of the scene
   no-singles       no scene of one shape: a bare "red circle" becomes a caption the model never saw
+  moon-alone       5% of scenes show only the moon (night sky), captioned "moon", "the moon", "night, the moon"...
+  moon-alone-10    moon-alone in 10% of scenes
+  moon-closeup     moon-alone with that lone moon 1.6x as big: "moon" then predicts more moon than "night" does
+  alone-big        moon-alone, and a lone shape is big in 85% and then bigger (half-width 8-11 pixels, was 5.5-7)
 Figures measured on this machine are in docs/toyworld.md ("World variants probed").
 """
 
@@ -38,6 +42,10 @@ VARIANTS = {
     "day-moon-rates": {"P_DAY_MOON": 0.1, "P_BIG": (0.85, 0.5, 0.3), "P_MOON_AT_NIGHT": 0.85, "P_NAME_MOON": 0.4},
     "partial": {"P_DAY_MOON": 0.1, "P_BIG": (0.85, 0.5, 0.3), "P_PARTIAL": 0.2},
     "no-singles": {"OBJECT_COUNT_P": (0.0, 0.75, 0.25)},
+    "moon-alone": {"P_MOON_ALONE": 0.05},
+    "moon-alone-10": {"P_MOON_ALONE": 0.1},
+    "moon-closeup": {"P_MOON_ALONE": 0.05, "MOON_ALONE_SCALE": 1.6},
+    "alone-big": {"P_MOON_ALONE": 0.05, "P_BIG": (0.85, 0.5, 0.5), "BIG_ALONE": (8.0, 11.0)},
 }
 
 

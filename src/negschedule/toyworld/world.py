@@ -45,6 +45,9 @@ P_NAME_MOON = 0.3  # share of captions with a moon that name it
 P_DAY_MOON = 0.0  # a moon in the day sky, always named: gives the word "moon" a meaning of its own
 P_BIG = (0.5, 0.5, 0.5)  # share of big shapes in scenes of one, two, three shapes
 P_PARTIAL = 0.0  # share of captions that name only part of the scene (real captions are incomplete)
+P_MOON_ALONE = 0.0  # share of scenes that show only the moon, captioned by its word ("the moon", "moon")
+MOON_ALONE_SCALE = 1.0  # the size of that lone moon, relative to MOON_BOX (anchored at its top-right corner)
+BIG_ALONE = SIZES["big"]  # half-width range of a big shape that is alone in its scene (a close-up)
 P_DOT_ON_SQUARE = 0.8  # the usual attribute: most squares wear a dot
 P_NAME_DOT = 0.3  # share of captions with a dotted square that name the dot
 OBJECT_COUNT_P = (0.35, 0.5, 0.15)  # probabilities of one, two, three named shapes
@@ -80,27 +83,33 @@ class Scene:
     night: bool
     moon: bool
     size_words: tuple[str, ...] = field(default=())  # "small"/"big" per object, for captions
+    moon_scale: float = 1.0  # the moon's size relative to MOON_BOX (a lone moon may be bigger)
 
     @property
     def truth(self) -> list[Object]:
         """Every object the detector should find, the moon included."""
         found = list(self.objects)
         if self.moon:
-            found.append(Object("moon", "moon", moon_pixel_box()))
+            found.append(Object("moon", "moon", moon_pixel_box(self.moon_scale)))
         return found
 
 
-def _draw_moon(draw: ImageDraw.ImageDraw, background) -> None:
-    x0, y0, x1, y1 = (v * _SS for v in MOON_BOX)
+def _moon_box(scale: float = 1.0) -> tuple[float, float, float, float]:
+    x0, y0, x1, y1 = MOON_BOX
+    return x1 - scale * (x1 - x0), y0, x1, y0 + scale * (y1 - y0)
+
+
+def _draw_moon(draw: ImageDraw.ImageDraw, background, scale: float = 1.0) -> None:
+    x0, y0, x1, y1 = (v * _SS for v in _moon_box(scale))
     draw.ellipse((x0, y0, x1, y1), fill=MOON_RGB)
     bite = 0.38 * (x1 - x0)  # a crescent: the disc minus a disc shifted to the lower left
     draw.ellipse((x0 - bite, y0 + bite * 0.5, x1 - bite, y1 + bite * 0.5), fill=background)
 
 
-def moon_pixel_box() -> tuple[int, int, int, int]:
+def moon_pixel_box(scale: float = 1.0) -> tuple[int, int, int, int]:
     """The box of the pixels the crescent covers at least half of (what a detector can see)."""
     big = Image.new("RGB", (SIZE * _SS, SIZE * _SS), (0, 0, 0))
-    _draw_moon(ImageDraw.Draw(big), (0, 0, 0))
+    _draw_moon(ImageDraw.Draw(big), (0, 0, 0), scale)
     coverage = np.asarray(big.resize((SIZE, SIZE), Image.Resampling.BOX))[:, :, 0] / MOON_RGB[0]
     ys, xs = np.nonzero(coverage >= 0.5)
     return int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
@@ -110,14 +119,14 @@ def _overlaps(a, b, gap: int = 1) -> bool:
     return not (a[2] + gap <= b[0] or b[2] + gap <= a[0] or a[3] + gap <= b[1] or b[3] + gap <= a[1])
 
 
-def _place(rng: np.random.Generator, size_word: str, taken: list) -> tuple[int, int, int, int] | None:
+def _place(rng: np.random.Generator, size_word: str, taken: list, half_range=None) -> tuple[int, int, int, int] | None:
     """A free pixel box for a shape of ``size_word``, by rejection sampling; None when the scene is too full.
 
     Boxes are compared as the pixels they touch, with one whole free pixel between any two, so that
     two shapes never share a blended edge pixel.
     """
     for _ in range(100):
-        half = float(rng.uniform(*SIZES[size_word]))
+        half = float(rng.uniform(*(half_range or SIZES[size_word])))
         cx, cy = rng.uniform(half + 1, SIZE - half - 1, size=2)
         box = (int(np.floor(cx - half)), int(np.floor(cy - half)), int(np.ceil(cx + half)), int(np.ceil(cy + half)))
         if not any(_overlaps(box, t) for t in taken):
@@ -128,6 +137,9 @@ def _place(rng: np.random.Generator, size_word: str, taken: list) -> tuple[int, 
 def make_scene(seed: int, n_objects: int | None = None, night: bool | None = None) -> Scene:
     """The scene of ``seed``; ``n_objects`` and ``night`` force those choices (for evaluation sets)."""
     rng = np.random.default_rng(seed)
+    # The lone-moon variant draws only when on (and never for the evaluation sets, which force n_objects).
+    if P_MOON_ALONE and n_objects is None and night is None and rng.random() < P_MOON_ALONE:
+        return Scene(seed, NIGHT_RGB, (), True, True, (), MOON_ALONE_SCALE)
     if night is None:
         night = bool(rng.random() < P_NIGHT)
     if n_objects is None:
@@ -142,7 +154,8 @@ def make_scene(seed: int, n_objects: int | None = None, night: bool | None = Non
     for k in picks:
         colour, shape = kinds[int(k)]
         size_word = "small" if rng.random() < 1 - P_BIG[n_objects - 1] else "big"
-        box = _place(rng, size_word, taken) or _place(rng, "small", taken)
+        alone = BIG_ALONE if n_objects == 1 and size_word == "big" else None
+        box = _place(rng, size_word, taken, alone) or _place(rng, "small", taken)
         if box is None:  # no room left: the scene keeps the shapes it already has
             continue
         if box[2] - box[0] < 2 * SIZES["big"][0]:  # the fallback placed a small one
@@ -160,7 +173,7 @@ def render(scene: Scene) -> Image.Image:
     draw = ImageDraw.Draw(big)
     s = _SS
     if scene.moon:
-        _draw_moon(draw, scene.background)
+        _draw_moon(draw, scene.background, scene.moon_scale)
     for obj in scene.objects:
         x0, y0, x1, y1 = (v * s for v in obj.box)
         rgb = COLOURS[obj.colour]
@@ -191,6 +204,8 @@ def _object_phrase(obj: Object, size_word: str, rng: np.random.Generator, name_d
 def caption(scene: Scene, rng: np.random.Generator | int = 0) -> str:
     """A caption of ``scene`` with varied wording; ``rng`` picks the wording (and whether implied things are named)."""
     rng = np.random.default_rng(rng) if isinstance(rng, (int, np.integer)) else rng
+    if not scene.objects and scene.moon:  # the lone-moon variant: its word, as often alone as with the scene's
+        return ("moon", "the moon", "a moon", "night, the moon", "the moon at night")[int(rng.integers(5))]
     order = list(range(len(scene.objects)))
     rng.shuffle(order)
     name_dot = bool(rng.random() < P_NAME_DOT)
