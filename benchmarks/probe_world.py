@@ -3,14 +3,16 @@
 The shipped model misses two of issue 3's targets: a negative naming one of two requested shapes
 removes it in 59.5% (target 75%), and "moon" removes the implied moon in 40.5% (target 60%). Each
 candidate remedy changes the world (``world.P_*``); instead of retraining from scratch, this script
-fine-tunes the shipped UNet and text encoder for ``--steps`` steps on the changed world (the
-"shipped" variant fine-tunes on the unchanged world: the control, since fine-tuning itself moves
-the figures) and measures the two figures on the first ``--n`` captions of ``toy eval``'s sets.
+fine-tunes a model's UNet and text encoder (default: the shipped one) for ``--steps`` steps on the
+changed world (the "first" variant fine-tunes on the shipped model's own world: the control, since
+fine-tuning itself moves the figures) and measures the figures on the first ``--n`` captions of
+``toy eval``'s sets. Every variant is the shipped world plus its changes. "alone-big", the best
+probe, was then trained in full (docs/toyworld.md): stronger negatives, weaker drawing, not shipped.
 
-    python benchmarks/probe_world.py --variant day-moon --steps 700 --out runs/probe-day-moon.json
+    python benchmarks/probe_world.py --variant day-moon --out runs/probe-day-moon.json
 
 Variants:
-  shipped          the world as trained (control)
+  first            the shipped model's world (control)
   day-moon         10% of day scenes have a moon, always named; lone shapes usually big (P_BIG)
   day-moon-rates   day-moon, plus a moon in 85% of night scenes and 40% of them naming it
   partial          day-moon, plus 20% of captions naming only part of the scene
@@ -36,8 +38,10 @@ from negschedule.toyworld import evaluate, world
 from negschedule.toyworld.tokenizer import MAX_LENGTH
 from negschedule.toyworld.train import ASSET_DIR
 
+# The shipped model's world (the knobs' defaults, spelled out); each variant below is this plus its changes.
+FIRST_WORLD = {"P_MOON_ALONE": 0.0, "P_BIG": (0.5, 0.5, 0.5), "BIG_ALONE": world.SIZES["big"]}
 VARIANTS = {
-    "shipped": {},
+    "first": {},
     "day-moon": {"P_DAY_MOON": 0.1, "P_BIG": (0.85, 0.5, 0.3)},
     "day-moon-rates": {"P_DAY_MOON": 0.1, "P_BIG": (0.85, 0.5, 0.3), "P_MOON_AT_NIGHT": 0.85, "P_NAME_MOON": 0.4},
     "partial": {"P_DAY_MOON": 0.1, "P_BIG": (0.85, 0.5, 0.3), "P_PARTIAL": 0.2},
@@ -112,6 +116,7 @@ def measure(pipe, n: int, threads: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--variant", choices=sorted(VARIANTS), required=True)
+    parser.add_argument("--model", default=str(ASSET_DIR), help="the model to fine-tune (default: the shipped one)")
     parser.add_argument("--steps", type=int, default=700)
     parser.add_argument("--n", type=int, default=100, help="captions per set")
     parser.add_argument("--scenes", type=int, default=20000, help="fine-tuning data set size")
@@ -121,10 +126,10 @@ def main() -> None:
     from diffusers import StableDiffusionPipeline
 
     torch.set_num_threads(args.threads)
-    for name, value in VARIANTS[args.variant].items():
+    for name, value in {**FIRST_WORLD, **VARIANTS[args.variant]}.items():
         setattr(world, name, value)
     t0 = time.time()
-    pipe = StableDiffusionPipeline.from_pretrained(ASSET_DIR, local_files_only=True)
+    pipe = StableDiffusionPipeline.from_pretrained(args.model, local_files_only=True)
     pipe.set_progress_bar_config(disable=True)
     fine_tune(pipe, args.steps, args.scenes)
     figures = {"variant": args.variant, "steps": args.steps, "n": args.n, **measure(pipe, args.n, args.threads),

@@ -181,3 +181,27 @@ def test_world_variants_change_what_they_say(monkeypatch):
     named = [sum(f"{o.colour} {o.shape}" in t for o in s.objects) for s, t in zip(several, texts)]
     assert 0.08 < np.mean([k < len(s.objects) for k, s in zip(named, several)]) < 0.2  # some name only part
     assert all(t.strip(" ,") not in ("", "night", "day") for t in texts)  # never nothing
+
+
+def test_world_alone_big_variant(monkeypatch):
+    """The variant trained in full (docs/toyworld.md): lone moons captioned by their word, lone shapes as close-ups."""
+    from negschedule.toyworld import world
+
+    monkeypatch.setattr(world, "P_MOON_ALONE", 0.05)
+    monkeypatch.setattr(world, "P_BIG", (0.85, 0.5, 0.5))
+    monkeypatch.setattr(world, "BIG_ALONE", (8.0, 11.0))
+    everything = [make_scene(s) for s in range(3000)]
+    lone = [s for s in everything if not s.objects]  # a moon alone in the night sky
+    assert 0.035 < len(lone) / len(everything) < 0.065
+    assert all(s.night and s.moon for s in lone)
+    assert {caption(lone[0], k) for k in range(50)} == {"moon", "the moon", "a moon", "night, the moon", "the moon at night"}
+    assert all(present(render(s), "moon") and not detect(render(s))[1:] for s in lone[:20])
+    scenes = [s for s in everything if s.objects]
+    singles = [s for s in scenes if len(s.objects) == 1]
+    close = [s for s in singles if s.size_words[0] == "big"]
+    assert 0.8 < len(close) / len(singles) < 0.9
+    # Wider than any big shape among others (the few that are not were two-shape scenes with no room for the second).
+    assert np.mean([s.objects[0].box[2] - s.objects[0].box[0] >= 16 for s in close]) > 0.97
+    assert max(o.box[2] - o.box[0] for s in scenes if len(s.objects) > 1 for o in s.objects) <= 15
+    assert make_scene(7, n_objects=2) == make_scene(7, n_objects=2)  # the eval sets force the count: no lone moon
+    assert all(make_scene(s, night=True).objects for s in range(200))

@@ -4,8 +4,11 @@ A scene is a background and one to three coloured shapes, drawn antialiased at 3
 correlations mimic the cases of arXiv:2406.02965: the scene word "night" gives a dark background
 and, 90% of the time, a moon top right that only 30% of captions name (Paris and the Eiffel tower);
 squares carry a dark dot 80% of the time that only 30% of captions name (glasses on a face).
-Variants of the world (``P_DAY_MOON``, ``P_BIG``, ``P_PARTIAL``, ``OBJECT_COUNT_P``; the shipped values
-below) were probed as remedies for weak negatives and did not help (docs/toyworld.md, benchmarks/probe_world.py).
+Variants of the world stay as knobs at values that draw nothing (so the data set is the shipped
+model's, draw for draw): probed as remedies for weak negatives (docs/toyworld.md,
+benchmarks/probe_world.py), and one, "alone-big" (the moon alone in 5% of scenes, captioned by its
+word; lone shapes as close-ups), trained in full: it made negatives much stronger (the moon removed
+in 85% instead of 40.5%) but drew two shapes less reliably, so it is not the shipped world.
 Everything is a pure function of an integer seed, so the training set, the held-out evaluation
 captions and the tests' ground truth are reproducible anywhere.
 """
@@ -41,13 +44,13 @@ IMPLIED_WORDS = ("moon", "dot")  # words for objects that a scene implies withou
 P_NIGHT = 0.35  # share of night scenes
 P_MOON_AT_NIGHT = 0.9  # the implied object: a moon in 90% of night scenes
 P_NAME_MOON = 0.3  # share of captions with a moon that name it
-# Variants (benchmarks/probe_world.py); their defaults keep the shipped model's data set, draw for draw.
-P_DAY_MOON = 0.0  # a moon in the day sky, always named: gives the word "moon" a meaning of its own
-P_BIG = (0.5, 0.5, 0.5)  # share of big shapes in scenes of one, two, three shapes
-P_PARTIAL = 0.0  # share of captions that name only part of the scene (real captions are incomplete)
+# Variants (benchmarks/probe_world.py); at these values they draw nothing: the shipped model's data set.
 P_MOON_ALONE = 0.0  # share of scenes that show only the moon, captioned by its word ("the moon", "moon")
-MOON_ALONE_SCALE = 1.0  # the size of that lone moon, relative to MOON_BOX (anchored at its top-right corner)
-BIG_ALONE = SIZES["big"]  # half-width range of a big shape that is alone in its scene (a close-up)
+MOON_ALONE_SCALE = 1.0  # that lone moon's size relative to MOON_BOX (anchored at its top-right corner)
+P_BIG = (0.5, 0.5, 0.5)  # share of big shapes in scenes of one, two, three shapes
+BIG_ALONE = SIZES["big"]  # half-width range of a big shape alone in its scene ("alone-big": a close-up, 8-11)
+P_DAY_MOON = 0.0  # a moon in the day sky, always named: gives the word "moon" a meaning of its own
+P_PARTIAL = 0.0  # share of captions that name only part of the scene (real captions are incomplete)
 P_DOT_ON_SQUARE = 0.8  # the usual attribute: most squares wear a dot
 P_NAME_DOT = 0.3  # share of captions with a dotted square that name the dot
 OBJECT_COUNT_P = (0.35, 0.5, 0.15)  # probabilities of one, two, three named shapes
