@@ -19,7 +19,7 @@ Variants:
   no-singles       no scene of one shape: a bare "red circle" becomes a caption the model never saw
   moon-alone       5% of scenes show only the moon (night sky), captioned "moon", "the moon", "night, the moon"...
   moon-alone-10    moon-alone in 10% of scenes
-  moon-closeup     moon-alone with that lone moon 1.6x as big: "moon" then predicts more moon than "night" does
+  moon-closeup     moon-alone with that lone moon 1.6x as big (meant to make "moon" predict more moon; it did not)
   alone-big        moon-alone, and a lone shape is big in 85% and then bigger (half-width 8-11 pixels, was 5.5-7)
 Figures measured on this machine are in docs/toyworld.md ("World variants probed").
 """

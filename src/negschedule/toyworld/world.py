@@ -122,10 +122,12 @@ def _overlaps(a, b, gap: int = 1) -> bool:
     return not (a[2] + gap <= b[0] or b[2] + gap <= a[0] or a[3] + gap <= b[1] or b[3] + gap <= a[1])
 
 
-def _place(rng: np.random.Generator, size_word: str, taken: list, half_range=None) -> tuple[int, int, int, int] | None:
+def _place(rng: np.random.Generator, size_word: str, taken: list,
+           half_range: tuple[float, float] | None = None) -> tuple[int, int, int, int] | None:
     """A free pixel box for a shape of ``size_word``, by rejection sampling; None when the scene is too full.
 
-    Boxes are compared as the pixels they touch, with one whole free pixel between any two, so that
+    ``half_range`` overrides the size word's half-width range (a lone shape's close-up). Boxes are
+    compared as the pixels they touch, with one whole free pixel between any two, so that
     two shapes never share a blended edge pixel.
     """
     for _ in range(100):
