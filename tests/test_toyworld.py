@@ -203,5 +203,5 @@ def test_world_alone_big_variant(monkeypatch):
     # Wider than any big shape among others (the few that are not were two-shape scenes with no room for the second).
     assert np.mean([s.objects[0].box[2] - s.objects[0].box[0] >= 16 for s in close]) > 0.97
     assert max(o.box[2] - o.box[0] for s in scenes if len(s.objects) > 1 for o in s.objects) <= 15
-    assert make_scene(7, n_objects=2) == make_scene(7, n_objects=2)  # the eval sets force the count: no lone moon
+    assert all(make_scene(s, n_objects=2).objects for s in range(200))  # the eval sets force the count: no lone moon
     assert all(make_scene(s, night=True).objects for s in range(200))

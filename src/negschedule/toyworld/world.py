@@ -209,7 +209,7 @@ def _object_phrase(obj: Object, size_word: str, rng: np.random.Generator, name_d
 def caption(scene: Scene, rng: np.random.Generator | int = 0) -> str:
     """A caption of ``scene`` with varied wording; ``rng`` picks the wording (and whether implied things are named)."""
     rng = np.random.default_rng(rng) if isinstance(rng, (int, np.integer)) else rng
-    if not scene.objects and scene.moon:  # the lone-moon variant: its word, as often alone as with the scene's
+    if not scene.objects and scene.moon:  # the lone-moon variant: its word, bare in three wordings, with "night" in two
         return ("moon", "the moon", "a moon", "night, the moon", "the moon at night")[int(rng.integers(5))]
     order = list(range(len(scene.objects)))
     rng.shuffle(order)
