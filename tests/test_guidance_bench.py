@@ -37,6 +37,8 @@ def test_bench_guidance_writes_table_and_summary(tmp_path, tiny_sd, capsys):
 def test_bench_guidance_bad_input(tmp_path, capsys):
     assert main(["bench-guidance", "--out", str(tmp_path / "b"), "--prompts", "0"]) == 2
     assert "prompts=" in capsys.readouterr().err
+    assert main(["bench-guidance", "--out", str(tmp_path / "m"), "--model", str(tmp_path / "nowhere")]) == 2
+    assert "model=" in capsys.readouterr().err and not (tmp_path / "m").exists()
 
 
 def test_within_one_step_counts_prompts_by_their_mean_start_and_images_one_by_one():

@@ -165,11 +165,11 @@ def run(cfg: BenchConfig, progress=None) -> dict[str, Any]:
     from ..toyworld import detect
 
     torch.set_num_threads(cfg.threads)
+    t0 = time.time()
+    pipe = load_pipeline(cfg.model)  # before the folder is made: a bad --model leaves nothing on disk
+    pipe.set_progress_bar_config(disable=True)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    t0 = time.time()
-    pipe = load_pipeline(cfg.model)
-    pipe.set_progress_bar_config(disable=True)
     n = cfg.steps
     last = int(cfg.max_start * n)
     fixed = {f"start {int(f * n)} ({f:.0%})": int(f * n) for f in FIXED}
