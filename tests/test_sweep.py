@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -227,34 +226,53 @@ def _files(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+# Every run a test compares byte for byte goes through the same subprocess set-up: CPU kernels
+# reduce in an order that depends on the thread count, so a run in this process (default threads)
+# and one in a child with OMP_NUM_THREADS=1 can differ in the last bits of a float.
+CHILD_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+
+# Runs the sweep CLI, but SIGKILLs itself inside the third unit: after its images are written and
+# before its record is committed, the worst moment for a resume (files on disk, unit not done).
+KILL_IN_THIRD_UNIT = """
+import os, signal, sys
+from negschedule.experiments.commands import main
+from negschedule.experiments.store import ResultStore
+commit, calls = ResultStore.commit, []
+def killing_commit(self, unit, record):
+    calls.append(unit)
+    if len(calls) == 3:
+        os.kill(os.getpid(), signal.SIGKILL)
+    commit(self, unit, record)
+ResultStore.commit = killing_commit
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def _cli(argv, code=None):
+    script = ["-c", code, *argv] if code else ["-m", "negschedule.experiments.commands", *argv]
+    return subprocess.run([sys.executable, *script], env=CHILD_ENV, capture_output=True, text=True, timeout=300)
+
+
 def test_sigkilled_sweep_resumes_to_identical_results(tiny_model_dir, tmp_path):
-    steps, seeds = 8, "0:8"
+    steps = 8
     out = tmp_path / "killed"
     argv = ["sweep", "--model", str(tiny_model_dir), "--prompt", PROMPT, "--negative-prompt", NEG, "--starts", f"0:{steps}",
-            "--seeds", seeds, "--steps", str(steps), "--out", str(out), "--no-progress"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "negschedule.experiments.commands", *argv], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.time() + 120
-        while time.time() < deadline and len(list(out.glob("units/*.json"))) < 2:
-            time.sleep(0.01)
-        time.sleep(0.15)  # land somewhere inside a later unit, writes included
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        proc.wait()
-    assert proc.returncode == -signal.SIGKILL
+            "--seeds", "0:8", "--steps", str(steps), "--no-progress"]
+    killed = _cli([*argv, "--out", str(out)], code=KILL_IN_THIRD_UNIT)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     finished = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in (out / "units").glob("*.json")}
-    assert 2 <= len(finished) < 8, "the kill must land mid-sweep"
+    assert sorted(finished) == ["p000_seed0.json", "p000_seed1.json"]
+    assert list((out / "images").glob("p000_seed2_*.png")), "the third unit's images were written before the kill"
     assert not (out / "results.json").exists()
 
-    assert main(argv) == 0  # the same command again
+    resumed = _cli([*argv, "--out", str(out)])  # the same command again
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
     after = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in (out / "units").glob("*.json")}
     assert all(after[name] == stamp for name, stamp in finished.items()), "a finished unit was recomputed"
     assert len(after) == 8
 
     fresh = tmp_path / "fresh"
-    assert main([*argv[:-3], "--out", str(fresh), "--no-progress"]) == 0
+    assert _cli([*argv, "--out", str(fresh)]).returncode == 0
     assert _files(out) == _files(fresh)
 
 
@@ -270,16 +288,15 @@ def test_accelerate_launch_two_processes_merge_to_the_single_process_result(tiny
     sweep_args = ["sweep", "--model", str(tiny_model_dir), "--prompt", PROMPT, "--prompt", "a green dog",
                   "--negative-prompt", NEG, "--starts", f"0:{T}", "--seeds", "0:3", "--steps", str(T), "--no-progress"]
     shared = tmp_path / "two"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     # Without GPUs, accelerate's --multi_gpu launcher (torchrun) starts N CPU processes (gloo).
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
               "--main_process_port", str(_free_port()), "-m", "negschedule.experiments.commands"]
-    done = subprocess.run([*launch, *sweep_args, "--out", str(shared)], env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run([*launch, *sweep_args, "--out", str(shared)], env=CHILD_ENV, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "3 sampled now" in done.stdout  # process 0 sampled its half of the 6 units
     single = tmp_path / "one"
-    assert main([*sweep_args, "--out", str(single)]) == 0
+    assert _cli([*sweep_args, "--out", str(single)]).returncode == 0
     assert _files(shared) == _files(single)
 
 
