@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -14,6 +15,7 @@ import torch
 from negschedule.errors import InputError
 from negschedule.toyworld import VOCABULARY, caption, detect, make_scene, present, render
 from negschedule.toyworld.tokenizer import build_tokenizer
+from negschedule.toyworld.world import SHIPPED_WORLD, WORLDS, WorldConfig, world_named
 from negschedule.toyworld.train import ASSET_DIR, TrainConfig, train
 
 SHIPPED = (ASSET_DIR / "model_index.json").is_file()
@@ -162,39 +164,31 @@ def test_eval_sets():
     assert all("moon" not in text and "night" in text for text in night_set(cfg))
 
 
-def test_world_variants_change_what_they_say(monkeypatch):
+def test_world_variants_change_what_they_say():
     """The probed variants (benchmarks/probe_world.py): a named day moon, size by count, partial captions."""
-    from negschedule.toyworld import world
-
-    monkeypatch.setattr(world, "P_DAY_MOON", 0.1)
-    monkeypatch.setattr(world, "P_BIG", (0.85, 0.5, 0.3))
-    monkeypatch.setattr(world, "P_PARTIAL", 0.2)
-    scenes = [make_scene(s) for s in range(3000)]
+    partial = WORLDS["partial"]
+    scenes = [make_scene(s, world=partial) for s in range(3000)]
     day = [s for s in scenes if not s.night]
     assert 0.07 < np.mean([s.moon for s in day]) < 0.13
     rng = np.random.default_rng(0)
-    assert all("moon" in caption(s, rng) for s in day if s.moon)  # a day moon is always named
+    assert all("moon" in caption(s, rng, partial) for s in day if s.moon)  # a day moon is always named
     lone = [w for s in scenes if len(s.objects) == 1 for w in s.size_words]
     assert 0.8 < np.mean([w == "big" for w in lone]) < 0.9
     several = [s for s in scenes if len(s.objects) >= 2]
-    texts = [caption(s, rng) for s in several]
+    texts = [caption(s, rng, partial) for s in several]
     named = [sum(f"{o.colour} {o.shape}" in t for o in s.objects) for s, t in zip(several, texts)]
     assert 0.08 < np.mean([k < len(s.objects) for k, s in zip(named, several)]) < 0.2  # some name only part
     assert all(t.strip(" ,") not in ("", "night", "day") for t in texts)  # never nothing
 
 
-def test_world_alone_big_variant(monkeypatch):
+def test_world_alone_big_variant():
     """The variant trained in full (docs/toyworld.md): lone moons captioned by their word, lone shapes as close-ups."""
-    from negschedule.toyworld import world
-
-    monkeypatch.setattr(world, "P_MOON_ALONE", 0.05)
-    monkeypatch.setattr(world, "P_BIG", (0.85, 0.5, 0.5))
-    monkeypatch.setattr(world, "BIG_ALONE", (8.0, 11.0))
-    everything = [make_scene(s) for s in range(3000)]
+    alone_big = WORLDS["alone-big"]
+    everything = [make_scene(s, world=alone_big) for s in range(3000)]
     lone = [s for s in everything if not s.objects]  # a moon alone in the night sky
     assert 0.035 < len(lone) / len(everything) < 0.065
     assert all(s.night and s.moon for s in lone)
-    assert {caption(lone[0], k) for k in range(50)} == {"moon", "the moon", "a moon", "night, the moon", "the moon at night"}
+    assert {caption(lone[0], k, alone_big) for k in range(50)} == {"moon", "the moon", "a moon", "night, the moon", "the moon at night"}
     assert all(present(render(s), "moon") and not detect(render(s))[1:] for s in lone[:20])
     scenes = [s for s in everything if s.objects]
     singles = [s for s in scenes if len(s.objects) == 1]
@@ -203,5 +197,40 @@ def test_world_alone_big_variant(monkeypatch):
     # Wider than any big shape among others (the few that are not were two-shape scenes with no room for the second).
     assert np.mean([s.objects[0].box[2] - s.objects[0].box[0] >= 16 for s in close]) > 0.97
     assert max(o.box[2] - o.box[0] for s in scenes if len(s.objects) > 1 for o in s.objects) <= 15
-    assert all(make_scene(s, n_objects=2).objects for s in range(200))  # the eval sets force the count: no lone moon
-    assert all(make_scene(s, night=True).objects for s in range(200))
+    # The eval sets force the count or the night: no lone moon, and the same scenes as in the first world.
+    for forced in ({"n_objects": 2}, {"night": True}):
+        assert all(make_scene(s, world=alone_big, **forced).objects for s in range(200))
+        assert [make_scene(s, world=WORLDS["moon-alone"], **forced) for s in range(200)] == [
+            make_scene(s, **forced) for s in range(200)]
+
+
+def test_default_world_is_the_first_and_variants_leave_it_alone():
+    assert WORLDS[SHIPPED_WORLD] == WorldConfig() == WORLDS["first"]
+    assert all(make_scene(s) == make_scene(s, world=WORLDS["first"]) for s in range(50))
+    moved = [make_scene(s, world=WORLDS["moon-alone"]) != make_scene(s) for s in range(200)]
+    assert all(moved[:20]) or sum(moved) > 150  # its extra draw moves the rest of every scene
+    with pytest.raises(InputError, match="world='nope'"):
+        world_named("nope")
+
+
+def test_training_uses_its_world_and_refuses_to_resume_with_another(tmp_path):
+    from negschedule.toyworld.train import _data, check_resume
+
+    cfg = TrainConfig(out=str(tmp_path), n_scenes=300, world="moon-alone")
+    data = _data(cfg)
+    lone = [s for s in range(300) if not make_scene(s, world=WORLDS["moon-alone"]).objects]
+    assert lone and all(np.array_equal(data[s].permute(1, 2, 0).numpy(), np.asarray(render(make_scene(s, world=WORLDS["moon-alone"]))))
+                        for s in lone[:3])
+    (tmp_path / "config.json").write_text(json.dumps(dataclasses.asdict(cfg)))
+    check_resume(dataclasses.replace(cfg, threads=1, unet_steps=10))  # how it runs, and training longer: allowed
+    with pytest.raises(InputError, match="--world='first'"):
+        check_resume(dataclasses.replace(cfg, world="first"))
+    with pytest.raises(InputError, match="--lr"):
+        check_resume(dataclasses.replace(cfg, lr=0.5))
+    saved = dataclasses.asdict(cfg)
+    del saved["world"]  # a run folder from before the field existed: not checked
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    check_resume(dataclasses.replace(cfg, world="first"))
+    with pytest.raises(InputError, match="--world='nope'"):
+        train(dataclasses.replace(cfg, world="nope", out=str(tmp_path / "new")))
+    assert not (tmp_path / "new").exists()

@@ -6,6 +6,6 @@ training recipe, ``evaluate`` measures the shipped model and ``commands`` is the
 """
 
 from .detector import detect, present
-from .world import COLOURS, SHAPES, VOCABULARY, Object, Scene, caption, make_scene, render, sample
+from .world import COLOURS, SHAPES, VOCABULARY, WORLDS, Object, Scene, WorldConfig, caption, make_scene, render, sample
 
-__all__ = ["COLOURS", "SHAPES", "VOCABULARY", "Object", "Scene", "caption", "detect", "make_scene", "present", "render", "sample"]
+__all__ = ["COLOURS", "SHAPES", "VOCABULARY", "WORLDS", "Object", "Scene", "WorldConfig", "caption", "detect", "make_scene", "present", "render", "sample"]

@@ -32,7 +32,7 @@ from PIL import Image
 from ..experiments.metrics import ssim
 from ..schedulers import scheduler_name, set_scheduler
 from .detector import detect
-from .world import COLOURS, SHAPES, caption, make_scene, render
+from .world import COLOURS, SHAPES, SHIPPED_WORLD, WORLDS, WorldConfig, caption, make_scene, render
 
 TARGETS = {  # the issue's acceptance figures
     "two_objects_both_present": 0.85,
@@ -93,39 +93,40 @@ def _names(objects) -> set[str]:
     return {o.name for o in objects}
 
 
-def two_object_set(cfg: EvalConfig) -> list[tuple[str, list[str], str]]:
+def two_object_set(cfg: EvalConfig, world: WorldConfig = WORLDS[SHIPPED_WORLD]) -> list[tuple[str, list[str], str]]:
     """Held-out two-shape captions: (caption, the two requested names, an unrequested shape name)."""
     rows, seed = [], cfg.scene_seed
     while len(rows) < cfg.n:
-        scene = make_scene(seed, n_objects=2)
+        scene = make_scene(seed, n_objects=2, world=world)
         rng = np.random.default_rng(seed)
         seed += 1
         if len(scene.objects) != 2:
             continue
-        text = caption(scene, rng)
+        text = caption(scene, rng, world)
         requested = [o.name for o in scene.objects]
         others = [f"{c} {s}" for c in COLOURS for s in SHAPES if f"{c} {s}" not in requested]
         rows.append((text, requested, others[int(rng.integers(len(others)))]))
     return rows
 
 
-def night_scenes_unnamed_moon(first_seed: int, n: int) -> list[tuple[object, str]]:
+def night_scenes_unnamed_moon(first_seed: int, n: int,
+                              world: WorldConfig = WORLDS[SHIPPED_WORLD]) -> list[tuple[object, str]]:
     """``n`` held-out night scenes from ``first_seed`` on, each with a caption that does not name the moon."""
     rows, seed = [], first_seed
     while len(rows) < n:
-        scene = make_scene(seed, night=True)
+        scene = make_scene(seed, night=True, world=world)
         rng = np.random.default_rng(seed)
         seed += 1
-        text = caption(scene, rng)
+        text = caption(scene, rng, world)
         while "moon" in text:
-            text = caption(scene, rng)
+            text = caption(scene, rng, world)
         rows.append((scene, text))
     return rows
 
 
-def night_set(cfg: EvalConfig) -> list[str]:
+def night_set(cfg: EvalConfig, world: WorldConfig = WORLDS[SHIPPED_WORLD]) -> list[str]:
     """Held-out night captions that do not name the moon."""
-    return [text for _, text in night_scenes_unnamed_moon(cfg.scene_seed + 500_000, cfg.n)]
+    return [text for _, text in night_scenes_unnamed_moon(cfg.scene_seed + 500_000, cfg.n, world)]
 
 
 def _rest_kept(base_objects, objects, removed: str) -> float:

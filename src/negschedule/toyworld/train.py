@@ -5,7 +5,8 @@ Training runs in resumable phases inside one output folder: the fixed data set (
 phase never runs the encoder), then the UNet and the text encoder trained together from scratch
 with caption dropout (the empty caption is what CFG's unconditional branch sees), offset noise
 (so that night's dark backgrounds can be drawn dark) and an EMA of the weights. Every phase
-checkpoints; running the same command again continues where it stopped. The result is a stock
+checkpoints; running the same command again continues where it stopped (with settings that would
+change the model, it refuses). The result is a stock
 ``StableDiffusionPipeline`` saved with ``save_pretrained``.
 """
 
@@ -22,8 +23,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..errors import InputError
 from .tokenizer import MAX_LENGTH, build_tokenizer
-from .world import SIZE, caption, make_scene, render
+from .world import SHIPPED_WORLD, SIZE, caption, make_scene, render, world_named
 
 ASSET_DIR = Path(__file__).resolve().parent.parent / "assets" / "toyworld"
 
@@ -34,6 +36,7 @@ class TrainConfig:
 
     out: str = "runs/toyworld"  # working folder: data, checkpoints, log figures, exported pipeline
     seed: int = 0  # seeds model init, noise, caption wording and dropout
+    world: str = SHIPPED_WORLD  # the scenes and captions trained on: a name in world.WORLDS
     n_scenes: int = 30000  # fixed data set: scene seeds 0..n_scenes-1 (held-out captions use other seeds)
     threads: int = 2  # torch CPU threads: 2.4 UNet steps/s on a quiet 2-core machine vs 1.4 with 1; but 2 threads
     # collapse (to ~0.8 steps/s) while another process holds a core: keep the machine quiet, or pass --threads 1
@@ -160,7 +163,8 @@ def _data(cfg: TrainConfig) -> torch.Tensor:
     if path.exists():
         return torch.load(path)
     t0 = time.time()
-    images = np.stack([np.asarray(render(make_scene(s))) for s in range(cfg.n_scenes)])
+    world = world_named(cfg.world, "--world")
+    images = np.stack([np.asarray(render(make_scene(s, world=world))) for s in range(cfg.n_scenes)])
     data = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()  # uint8 N x 3 x 32 x 32
     _save(data, path)
     _log(cfg, f"data: {cfg.n_scenes} scenes rendered in {time.time() - t0:.0f}s")
@@ -260,6 +264,7 @@ def train_unet(cfg: TrainConfig, latents: torch.Tensor, tokenizer):
     noise_schedule = DDPMScheduler.from_config(build_scheduler().config)
     gen = torch.Generator().manual_seed(cfg.seed + 1)
     wording = np.random.default_rng(cfg.seed + 2)
+    world = world_named(cfg.world, "--world")
     step = 0
     if path.exists():
         state = torch.load(path, weights_only=False)
@@ -284,8 +289,8 @@ def train_unet(cfg: TrainConfig, latents: torch.Tensor, tokenizer):
             if wording.random() < cfg.caption_dropout:
                 captions.append("")
             else:
-                scene = scenes.get(i) or scenes.setdefault(i, make_scene(i))
-                captions.append(caption(scene, wording))
+                scene = scenes.get(i) or scenes.setdefault(i, make_scene(i, world=world))
+                captions.append(caption(scene, wording, world))
         ids = tokenizer(captions, padding="max_length", max_length=MAX_LENGTH, truncation=True, return_tensors="pt").input_ids
         x0 = latents[idx]
         noise = torch.randn(x0.shape, generator=gen)
@@ -329,8 +334,30 @@ def assemble(vae, text, tokenizer, unet):
     return pipe
 
 
+# Fields a resume may change: how a run goes, not what it computes, and the step counts (to train longer).
+_MAY_CHANGE_ON_RESUME = ("out", "threads", "checkpoint_every", "log_every", "export", "vae_steps", "unet_steps")
+
+
+def check_resume(cfg: TrainConfig) -> None:
+    """Refuse to resume a run folder with settings that would change its model (a mixed run, silently).
+
+    A field missing from the folder's config.json (written before the field existed) is not checked.
+    """
+    saved_path = Path(cfg.out) / "config.json"
+    if not saved_path.exists():
+        return
+    saved = json.loads(saved_path.read_text())
+    now = json.loads(json.dumps(asdict(cfg)))  # tuples as the JSON lists they were saved as
+    for name, value in now.items():
+        if name in saved and name not in _MAY_CHANGE_ON_RESUME and saved[name] != value:
+            raise InputError("--" + name.replace("_", "-"), value,
+                             f"the run in {cfg.out} was started with {saved[name]}; resume with it or use another --out")
+
+
 def train(cfg: TrainConfig) -> Path:
     """Run (or resume) every phase; returns the folder of the saved pipeline."""
+    world_named(cfg.world, "--world")
+    check_resume(cfg)
     torch.set_num_threads(cfg.threads)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -4,12 +4,12 @@ A scene is a background and one to three coloured shapes, drawn antialiased at 3
 correlations mimic the cases of arXiv:2406.02965: the scene word "night" gives a dark background
 and, 90% of the time, a moon top right that only 30% of captions name (Paris and the Eiffel tower);
 squares carry a dark dot 80% of the time that only 30% of captions name (glasses on a face).
-Variants of the world stay as knobs at values that draw nothing (so the data set is the shipped
-model's, draw for draw): probed as remedies for weak negatives (docs/toyworld.md,
+How often each thing happens is a ``WorldConfig``; named variants of it (``WORLDS``) were
+probed as remedies for weak negatives (docs/toyworld.md,
 benchmarks/probe_world.py), and one, "alone-big" (the moon alone in 5% of scenes, captioned by its
 word; lone shapes as close-ups), trained in full: it made negatives much stronger (the moon removed
 in 85% instead of 40.5%) but drew two shapes less reliably, so it is not the shipped world.
-Everything is a pure function of an integer seed, so the training set, the held-out evaluation
+Everything is a pure function of the world and an integer seed, so the training set, the held-out evaluation
 captions and the tests' ground truth are reproducible anywhere.
 """
 
@@ -41,19 +41,54 @@ SIZES = {"small": (3.5, 4.5), "big": (5.5, 7.0)}  # half-width range in pixels
 MOON_BOX = (21, 2, 30, 11)  # where the moon sits (x0, y0, x1, y1): top right
 IMPLIED_WORDS = ("moon", "dot")  # words for objects that a scene implies without naming them
 
-P_NIGHT = 0.35  # share of night scenes
-P_MOON_AT_NIGHT = 0.9  # the implied object: a moon in 90% of night scenes
-P_NAME_MOON = 0.3  # share of captions with a moon that name it
-# Variants (benchmarks/probe_world.py); at these values they draw nothing: the shipped model's data set.
-P_MOON_ALONE = 0.0  # share of scenes that show only the moon, captioned by its word ("the moon", "moon")
-MOON_ALONE_SCALE = 1.0  # that lone moon's size relative to MOON_BOX (anchored at its top-right corner)
-P_BIG = (0.5, 0.5, 0.5)  # share of big shapes in scenes of one, two, three shapes
-BIG_ALONE = SIZES["big"]  # half-width range of a big shape alone in its scene ("alone-big": a close-up, 8-11)
-P_DAY_MOON = 0.0  # a moon in the day sky, always named: gives the word "moon" a meaning of its own
-P_PARTIAL = 0.0  # share of captions that name only part of the scene (real captions are incomplete)
-P_DOT_ON_SQUARE = 0.8  # the usual attribute: most squares wear a dot
-P_NAME_DOT = 0.3  # share of captions with a dotted square that name the dot
-OBJECT_COUNT_P = (0.35, 0.5, 0.15)  # probabilities of one, two, three named shapes
+
+
+@dataclass(frozen=True)
+class WorldConfig:
+    """How often things happen in the world: the data set is a pure function of this and the scene seed.
+
+    The defaults are the shipped model's world. The fields after ``p_name_moon`` are variants probed
+    as remedies for weak negatives (``WORLDS``, docs/toyworld.md); at their defaults they draw
+    nothing, so the default world's scenes are the shipped model's data set, draw for draw.
+    """
+
+    p_night: float = 0.35  # share of night scenes
+    p_moon_at_night: float = 0.9  # the implied object: a moon in 90% of night scenes
+    p_name_moon: float = 0.3  # share of captions with a moon that name it
+    p_moon_alone: float = 0.0  # share of scenes that show only the moon, captioned by its word ("the moon", "moon")
+    moon_alone_scale: float = 1.0  # that lone moon's size relative to MOON_BOX (anchored at its top-right corner)
+    p_big: tuple[float, float, float] = (0.5, 0.5, 0.5)  # share of big shapes in scenes of one, two, three shapes
+    big_alone: tuple[float, float] = SIZES["big"]  # half-width range of a big shape alone in its scene (a close-up)
+    p_day_moon: float = 0.0  # a moon in the day sky, always named: gives the word "moon" a meaning of its own
+    p_partial: float = 0.0  # share of captions that name only part of the scene (real captions are incomplete)
+    p_dot_on_square: float = 0.8  # the usual attribute: most squares wear a dot
+    p_name_dot: float = 0.3  # share of captions with a dotted square that name the dot
+    object_count_p: tuple[float, float, float] = (0.35, 0.5, 0.15)  # probabilities of one, two, three shapes
+
+
+# The worlds by name (``toy train --world``, benchmarks/probe_world.py); each is "first" plus its changes.
+WORLDS: dict[str, WorldConfig] = {
+    "first": WorldConfig(),  # the shipped model's world
+    "day-moon": WorldConfig(p_day_moon=0.1, p_big=(0.85, 0.5, 0.3)),
+    "day-moon-rates": WorldConfig(p_day_moon=0.1, p_big=(0.85, 0.5, 0.3), p_moon_at_night=0.85, p_name_moon=0.4),
+    "partial": WorldConfig(p_day_moon=0.1, p_big=(0.85, 0.5, 0.3), p_partial=0.2),
+    "no-singles": WorldConfig(object_count_p=(0.0, 0.75, 0.25)),
+    "moon-alone": WorldConfig(p_moon_alone=0.05),
+    "moon-alone-10": WorldConfig(p_moon_alone=0.1),
+    "moon-closeup": WorldConfig(p_moon_alone=0.05, moon_alone_scale=1.6),
+    "alone-big": WorldConfig(p_moon_alone=0.05, p_big=(0.85, 0.5, 0.5), big_alone=(8.0, 11.0)),
+}
+SHIPPED_WORLD = "first"  # the world of the model in src/negschedule/assets/toyworld
+
+
+def world_named(name: str, argument: str = "world") -> WorldConfig:
+    """The world called ``name``; an unknown name is an InputError naming ``argument``."""
+    if name not in WORLDS:
+        from ..errors import InputError
+
+        raise InputError(argument, name, "unknown world; known: " + ", ".join(WORLDS))
+    return WORLDS[name]
+
 
 VOCABULARY = (
     ("a", "the", "and", "with", "at", "in", "of", "day", "night", "moon", "dot", "small", "big")
@@ -139,18 +174,20 @@ def _place(rng: np.random.Generator, size_word: str, taken: list,
     return None
 
 
-def make_scene(seed: int, n_objects: int | None = None, night: bool | None = None) -> Scene:
-    """The scene of ``seed``; ``n_objects`` and ``night`` force those choices (for evaluation sets)."""
+def make_scene(seed: int, n_objects: int | None = None, night: bool | None = None,
+               world: WorldConfig = WORLDS[SHIPPED_WORLD]) -> Scene:
+    """The scene of ``seed`` in ``world``; ``n_objects`` and ``night`` force those choices (for evaluation sets)."""
     rng = np.random.default_rng(seed)
     # The lone-moon variant draws only when on (and never for the evaluation sets, which force n_objects).
-    if P_MOON_ALONE and n_objects is None and night is None and rng.random() < P_MOON_ALONE:
-        return Scene(seed, NIGHT_RGB, (), True, True, (), MOON_ALONE_SCALE)
+    if world.p_moon_alone and n_objects is None and night is None and rng.random() < world.p_moon_alone:
+        return Scene(seed, NIGHT_RGB, (), True, True, (), world.moon_alone_scale)
     if night is None:
-        night = bool(rng.random() < P_NIGHT)
+        night = bool(rng.random() < world.p_night)
     if n_objects is None:
-        n_objects = int(rng.choice([1, 2, 3], p=OBJECT_COUNT_P))
+        n_objects = int(rng.choice([1, 2, 3], p=world.object_count_p))
     # A day scene draws for a moon only when that variant is on: off, the draws are the shipped data set's.
-    moon = (night or P_DAY_MOON > 0) and bool(rng.random() < (P_MOON_AT_NIGHT if night else P_DAY_MOON))
+    moon = (night or world.p_day_moon > 0) and bool(
+        rng.random() < (world.p_moon_at_night if night else world.p_day_moon))
     background = NIGHT_RGB if night else DAY_BACKGROUNDS[int(rng.integers(len(DAY_BACKGROUNDS)))]
     kinds = [(c, s) for c in COLOURS for s in SHAPES]
     picks = rng.choice(len(kinds), size=n_objects, replace=False)
@@ -158,15 +195,15 @@ def make_scene(seed: int, n_objects: int | None = None, night: bool | None = Non
     objects, size_words = [], []
     for k in picks:
         colour, shape = kinds[int(k)]
-        size_word = "small" if rng.random() < 1 - P_BIG[n_objects - 1] else "big"
-        alone = BIG_ALONE if n_objects == 1 and size_word == "big" else None
+        size_word = "small" if rng.random() < 1 - world.p_big[n_objects - 1] else "big"
+        alone = world.big_alone if n_objects == 1 and size_word == "big" else None
         box = _place(rng, size_word, taken, alone) or _place(rng, "small", taken)
         if box is None:  # no room left: the scene keeps the shapes it already has
             continue
         if box[2] - box[0] < 2 * SIZES["big"][0]:  # the fallback placed a small one
             size_word = "small"
         taken.append(box)
-        dot = shape == "square" and bool(rng.random() < P_DOT_ON_SQUARE)
+        dot = shape == "square" and bool(rng.random() < world.p_dot_on_square)
         objects.append(Object(shape, colour, box, dot))
         size_words.append(size_word)
     return Scene(seed, background, tuple(objects), night, moon, tuple(size_words))
@@ -206,18 +243,18 @@ def _object_phrase(obj: Object, size_word: str, rng: np.random.Generator, name_d
     return " ".join(words)
 
 
-def caption(scene: Scene, rng: np.random.Generator | int = 0) -> str:
+def caption(scene: Scene, rng: np.random.Generator | int = 0, world: WorldConfig = WORLDS[SHIPPED_WORLD]) -> str:
     """A caption of ``scene`` with varied wording; ``rng`` picks the wording (and whether implied things are named)."""
     rng = np.random.default_rng(rng) if isinstance(rng, (int, np.integer)) else rng
     if not scene.objects and scene.moon:  # the lone-moon variant: its word, bare in three wordings, with "night" in two
         return ("moon", "the moon", "a moon", "night, the moon", "the moon at night")[int(rng.integers(5))]
     order = list(range(len(scene.objects)))
     rng.shuffle(order)
-    name_dot = bool(rng.random() < P_NAME_DOT)
+    name_dot = bool(rng.random() < world.p_name_dot)
     phrases = [_object_phrase(scene.objects[i], scene.size_words[i], rng, name_dot) for i in order]
     joiner = " and " if rng.random() < 0.6 else ", "
-    name_moon = scene.moon and (not scene.night or rng.random() < P_NAME_MOON)  # a day moon is always named
-    if P_PARTIAL and rng.random() < P_PARTIAL:  # an incomplete caption: a random, non-empty part of the things
+    name_moon = scene.moon and (not scene.night or rng.random() < world.p_name_moon)  # a day moon is always named
+    if world.p_partial and rng.random() < world.p_partial:  # an incomplete caption: a random, non-empty part of the things
         things = len(phrases) + name_moon  # the moon is thing number len(phrases)
         keep = set(rng.choice(things, size=int(rng.integers(1, things + 1)), replace=False).tolist())
         name_moon = name_moon and (len(phrases) in keep or not scene.night)
@@ -232,7 +269,7 @@ def caption(scene: Scene, rng: np.random.Generator | int = 0) -> str:
     return text
 
 
-def sample(seed: int) -> tuple[Image.Image, str]:
+def sample(seed: int, world: WorldConfig = WORLDS[SHIPPED_WORLD]) -> tuple[Image.Image, str]:
     """The picture and a caption of scene ``seed`` (the generator's one-call form)."""
-    scene = make_scene(seed)
-    return render(scene), caption(scene, seed)
+    scene = make_scene(seed, world=world)
+    return render(scene), caption(scene, seed, world)
