@@ -33,7 +33,9 @@ def test_generator_is_deterministic():
 
 def test_generator_correlations():
     scenes = [make_scene(s) for s in range(3000)]
-    night = [s for s in scenes if s.night]
+    lone_moons = [s for s in scenes if not s.objects]  # the shipped world's pictures of the moon's word alone
+    assert 0.035 < len(lone_moons) / len(scenes) < 0.065 and all("moon" in caption(s, 1) for s in lone_moons)
+    night = [s for s in scenes if s.night and s.objects]
     assert 0.85 < np.mean([s.moon for s in night]) < 0.95  # the implied object
     assert not any(s.moon for s in scenes if not s.night)
     squares = [o for s in scenes for o in s.objects if o.shape == "square"]
@@ -204,11 +206,13 @@ def test_world_alone_big_variant():
             make_scene(s, **forced) for s in range(200)]
 
 
-def test_default_world_is_the_first_and_variants_leave_it_alone():
-    assert WORLDS[SHIPPED_WORLD] == WorldConfig() == WORLDS["first"]
-    assert all(make_scene(s) == make_scene(s, world=WORLDS["first"]) for s in range(50))
-    moved = [make_scene(s, world=WORLDS["moon-alone"]) != make_scene(s) for s in range(200)]
-    assert all(moved[:20]) or sum(moved) > 150  # its extra draw moves the rest of every scene
+def test_default_world_is_the_shipped_models_and_variants_change_only_their_fields():
+    assert SHIPPED_WORLD == "moon-alone" and TrainConfig().world == SHIPPED_WORLD  # toy train reproduces it
+    assert all(make_scene(s) == make_scene(s, world=WORLDS[SHIPPED_WORLD]) for s in range(50))
+    assert WORLDS["first"] == WorldConfig()
+    assert WORLDS["moon-alone"] == dataclasses.replace(WorldConfig(), p_moon_alone=0.05)
+    moved = [make_scene(s, world=WORLDS["moon-alone"]) != make_scene(s, world=WORLDS["first"]) for s in range(200)]
+    assert sum(moved) > 150  # its extra draw moves the rest of nearly every scene
     with pytest.raises(InputError, match="world='nope'"):
         world_named("nope")
 

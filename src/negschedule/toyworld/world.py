@@ -5,10 +5,11 @@ correlations mimic the cases of arXiv:2406.02965: the scene word "night" gives a
 and, 90% of the time, a moon top right that only 30% of captions name (Paris and the Eiffel tower);
 squares carry a dark dot 80% of the time that only 30% of captions name (glasses on a face).
 How often each thing happens is a ``WorldConfig``; named variants of it (``WORLDS``) were
-probed as remedies for weak negatives (docs/toyworld.md,
-benchmarks/probe_world.py), and one, "alone-big" (the moon alone in 5% of scenes, captioned by its
-word; lone shapes as close-ups), trained in full: it made negatives much stronger (the moon removed
-in 85% instead of 40.5%) but drew two shapes less reliably, so it is not the shipped world.
+probed as remedies for weak negatives (docs/toyworld.md, benchmarks/probe_world.py). The shipped
+model's world is "moon-alone": the first world plus 5% of scenes that show the moon alone,
+captioned by its word, so that the negative "moon" has pictures of its own (with them, the
+negative removes the implied moon in 84% of night pictures instead of 40.5%). "alone-big" (lone
+shapes as close-ups too) was also trained in full: stronger negatives, weaker drawing.
 Everything is a pure function of the world and an integer seed, so the training set, the held-out evaluation
 captions and the tests' ground truth are reproducible anywhere.
 """
@@ -47,9 +48,9 @@ IMPLIED_WORDS = ("moon", "dot")  # words for objects that a scene implies withou
 class WorldConfig:
     """How often things happen in the world: the data set is a pure function of this and the scene seed.
 
-    The defaults are the shipped model's world. The fields after ``p_name_moon`` are variants probed
-    as remedies for weak negatives (``WORLDS``, docs/toyworld.md); at their defaults they draw
-    nothing, so the default world's scenes are the shipped model's data set, draw for draw.
+    The defaults are the first model's world ("first"). The fields after ``p_name_moon`` are variants
+    probed as remedies for weak negatives (``WORLDS``, docs/toyworld.md); at their defaults they draw
+    nothing, so the defaults' scenes are the first model's data set, draw for draw.
     """
 
     p_night: float = 0.35  # share of night scenes
@@ -68,17 +69,17 @@ class WorldConfig:
 
 # The worlds by name (``toy train --world``, benchmarks/probe_world.py); each is "first" plus its changes.
 WORLDS: dict[str, WorldConfig] = {
-    "first": WorldConfig(),  # the shipped model's world
+    "first": WorldConfig(),  # the first model's world (benchmarks/models/toyworld-first)
     "day-moon": WorldConfig(p_day_moon=0.1, p_big=(0.85, 0.5, 0.3)),
     "day-moon-rates": WorldConfig(p_day_moon=0.1, p_big=(0.85, 0.5, 0.3), p_moon_at_night=0.85, p_name_moon=0.4),
     "partial": WorldConfig(p_day_moon=0.1, p_big=(0.85, 0.5, 0.3), p_partial=0.2),
     "no-singles": WorldConfig(object_count_p=(0.0, 0.75, 0.25)),
-    "moon-alone": WorldConfig(p_moon_alone=0.05),
+    "moon-alone": WorldConfig(p_moon_alone=0.05),  # the shipped model's world
     "moon-alone-10": WorldConfig(p_moon_alone=0.1),
     "moon-closeup": WorldConfig(p_moon_alone=0.05, moon_alone_scale=1.6),
     "alone-big": WorldConfig(p_moon_alone=0.05, p_big=(0.85, 0.5, 0.5), big_alone=(8.0, 11.0)),
 }
-SHIPPED_WORLD = "first"  # the world of the model in src/negschedule/assets/toyworld
+SHIPPED_WORLD = "moon-alone"  # the world of the model in src/negschedule/assets/toyworld
 
 
 def world_named(name: str, argument: str = "world") -> WorldConfig:
