@@ -15,8 +15,8 @@ import torch
 from negschedule.errors import InputError
 from negschedule.toyworld import VOCABULARY, caption, detect, make_scene, present, render
 from negschedule.toyworld.tokenizer import build_tokenizer
-from negschedule.toyworld.world import SHIPPED_WORLD, WORLDS, WorldConfig, world_named
 from negschedule.toyworld.train import ASSET_DIR, TrainConfig, train
+from negschedule.toyworld.world import SHIPPED_WORLD, WORLDS, WorldConfig, world_named
 
 SHIPPED = (ASSET_DIR / "model_index.json").is_file()
 
@@ -154,7 +154,6 @@ def test_shipped_model_draws_requested_objects():
     assert sum(drawn) >= 5, drawn
 
 
-
 @pytest.mark.skipif(not SHIPPED, reason="the trained shapes-world weights are not in src/negschedule/assets/toyworld yet")
 def test_shipped_model_removes_the_moon_its_night_implies():
     """What the shipped world was chosen for: "night" draws a moon, and the negative "moon" takes it away."""
@@ -176,6 +175,7 @@ def test_shipped_model_removes_the_moon_its_night_implies():
     # toy eval (200 captions): 96.5% drawn, 84% removed from step 0; the first model removed 40.5%.
     assert sum(base) >= 9, base
     assert sum(not n for b, n in zip(base, negated) if b) >= 0.6 * sum(base), (base, negated)
+
 
 def test_eval_sets():
     from negschedule.toyworld.evaluate import EvalConfig, night_set, two_object_set
@@ -243,11 +243,14 @@ def test_default_world_is_the_shipped_models_and_variants_change_only_their_fiel
 def test_training_uses_its_world_and_refuses_to_resume_with_another(tmp_path):
     from negschedule.toyworld.train import _data, check_resume
 
-    cfg = TrainConfig(out=str(tmp_path), n_scenes=300, world="moon-alone")
+    cfg = TrainConfig(out=str(tmp_path), n_scenes=40, world="alone-big")
     data = _data(cfg)
-    lone = [s for s in range(300) if not make_scene(s, world=WORLDS["moon-alone"]).objects]
-    assert lone and all(np.array_equal(data[s].permute(1, 2, 0).numpy(), np.asarray(render(make_scene(s, world=WORLDS["moon-alone"]))))
-                        for s in lone[:3])
+
+    def picture(seed, world):
+        return np.asarray(render(make_scene(seed, world=world)))
+
+    assert all(np.array_equal(data[s].permute(1, 2, 0).numpy(), picture(s, WORLDS["alone-big"])) for s in range(40))
+    assert not all(np.array_equal(data[s].permute(1, 2, 0).numpy(), picture(s, WORLDS[SHIPPED_WORLD])) for s in range(40))
     (tmp_path / "config.json").write_text(json.dumps(dataclasses.asdict(cfg)))
     check_resume(dataclasses.replace(cfg, threads=1, unet_steps=10))  # how it runs, and training longer: allowed
     with pytest.raises(InputError, match="--world='first'"):

@@ -10,8 +10,8 @@ model's world is "moon-alone": the first world plus 5% of scenes that show the m
 captioned by its word, so that the negative "moon" has pictures of its own (with them, the
 negative removes the implied moon in 84% of night pictures instead of 40.5%). "alone-big" (lone
 shapes as close-ups too) was also trained in full: stronger negatives, weaker drawing.
-Everything is a pure function of the world and an integer seed, so the training set, the held-out evaluation
-captions and the tests' ground truth are reproducible anywhere.
+Everything is a pure function of the world and an integer seed, so the training set, the held-out
+evaluation captions and the tests' ground truth are reproducible anywhere.
 """
 
 from __future__ import annotations
@@ -41,7 +41,6 @@ DAY_BACKGROUNDS = ((128, 128, 128), (95, 120, 140), (140, 122, 96))
 SIZES = {"small": (3.5, 4.5), "big": (5.5, 7.0)}  # half-width range in pixels
 MOON_BOX = (21, 2, 30, 11)  # where the moon sits (x0, y0, x1, y1): top right
 IMPLIED_WORDS = ("moon", "dot")  # words for objects that a scene implies without naming them
-
 
 
 @dataclass(frozen=True)
@@ -78,6 +77,7 @@ WORLDS: dict[str, WorldConfig] = {
     "moon-alone-10": WorldConfig(p_moon_alone=0.1),
     "moon-closeup": WorldConfig(p_moon_alone=0.05, moon_alone_scale=1.6),
     "alone-big": WorldConfig(p_moon_alone=0.05, p_big=(0.85, 0.5, 0.5), big_alone=(8.0, 11.0)),
+    "alone-mid": WorldConfig(p_moon_alone=0.05, p_big=(0.85, 0.5, 0.5), big_alone=(7.0, 9.0)),  # a milder close-up
 }
 SHIPPED_WORLD = "moon-alone"  # the world of the model in src/negschedule/assets/toyworld
 
