@@ -22,6 +22,7 @@ Variants:
   moon-alone-10    moon-alone in 10% of scenes
   moon-closeup     moon-alone with that lone moon 1.6x as big (meant to make "moon" predict more moon; it did not)
   alone-big        moon-alone, and a lone shape is big in 85% and then bigger (half-width 8-11 pixels, was 5.5-7)
+  alone-mid        alone-big with a milder close-up (half-width 7-9 pixels)
 Figures measured on this machine are in docs/toyworld.md ("World variants probed").
 """
 
