@@ -67,8 +67,8 @@ class AutoStart:
     # ALIGNMENT: start once the cosine reaches this.
     threshold: float = 0.5
     # ATTENTION: start once this share of the negative tokens' attention falls on the top 10% of the latent's pixels.
-    # 0.16 is the study's best on the first toy model (docs/guidance.md; on the shipped one it rarely fires
-    # for "moon"); uniform attention gives 0.10.
+    # 0.16 is the study's best on the first toy model (docs/guidance.md; on the shipped one it never fired
+    # for the bench's "moon" prompts); uniform attention gives 0.10.
     attention_threshold: float = 0.16
     # Never before this step (the first steps' x0 is a blur that no detector can read).
     min_step: int = 1
