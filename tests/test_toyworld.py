@@ -111,6 +111,8 @@ def test_toy_command_rejects_bad_arguments(tmp_path):
     from negschedule.toyworld.commands import main
 
     assert main(["toy", "train", "--out", str(tmp_path), "--unet-steps", "0"]) == 2
+    assert main(["toy", "train", "--out", str(tmp_path / "w"), "--world", "nope"]) == 2
+    assert not (tmp_path / "w").exists()
     assert main(["toy", "eval", "--out", str(tmp_path / "eval"), "--scheduler", "nope"]) == 2
     assert not (tmp_path / "eval").exists()
     with pytest.raises(SystemExit) as exit_info:

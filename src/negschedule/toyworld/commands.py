@@ -37,9 +37,12 @@ def _add_fields(parser: argparse.ArgumentParser, config_cls) -> None:
     for f in dataclasses.fields(config_cls):
         default = f.default
         shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
+        # A field naming one of a fixed set (--world) lists it in its help; a wrong name is refused by
+        # the run itself, in one line naming the option (argparse's choices would print the usage too).
+        choices = f.metadata.get("choices")
         parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, default=default,
                             type=_parser_for(f.type),
-                            help=f"default: {shown}")
+                            help=(f"one of {', '.join(choices)}; " if choices else "") + f"default: {shown}")
 
 
 def _config(config_cls, args: argparse.Namespace):

@@ -16,7 +16,7 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from ..errors import InputError
 from .tokenizer import MAX_LENGTH, build_tokenizer
-from .world import SHIPPED_WORLD, SIZE, caption, make_scene, render, world_named
+from .world import SHIPPED_WORLD, SIZE, WORLDS, caption, make_scene, render, world_named
 
 ASSET_DIR = Path(__file__).resolve().parent.parent / "assets" / "toyworld"
 
@@ -36,7 +36,7 @@ class TrainConfig:
 
     out: str = "runs/toyworld"  # working folder: data, checkpoints, log figures, exported pipeline
     seed: int = 0  # seeds model init, noise, caption wording and dropout
-    world: str = SHIPPED_WORLD  # the scenes and captions trained on: a name in world.WORLDS
+    world: str = field(default=SHIPPED_WORLD, metadata={"choices": tuple(WORLDS)})  # the scenes and captions trained on
     n_scenes: int = 30000  # fixed data set: scene seeds 0..n_scenes-1 (held-out captions use other seeds)
     threads: int = 2  # torch CPU threads: 2.4 UNet steps/s on a quiet 2-core machine vs 1.4 with 1; but 2 threads
     # collapse (to ~0.8 steps/s) while another process holds a core: keep the machine quiet, or pass --threads 1
