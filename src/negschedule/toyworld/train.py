@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from ..errors import InputError
 from .tokenizer import MAX_LENGTH, build_tokenizer
-from .world import SHIPPED_WORLD, SIZE, WORLDS, caption, make_scene, render, world_named
+from .world import SHIPPED_WORLD, SIZE, WORLDS, WorldConfig, caption, make_scene, render, world_named
 
 ASSET_DIR = Path(__file__).resolve().parent.parent / "assets" / "toyworld"
 
@@ -64,6 +64,11 @@ class TrainConfig:
     checkpoint_every: int = 250  # steps between checkpoints (both phases)
     log_every: int = 50  # steps between log lines
     export: str = ""  # also copy the final pipeline here ("" = only <out>/pipeline); "assets" = the package's folder
+
+    @property
+    def world_config(self) -> WorldConfig:
+        """The world ``world`` names (an unknown name is an InputError naming --world)."""
+        return world_named(self.world, "--world")
 
 
 def _log(cfg: TrainConfig, message: str) -> None:
@@ -163,7 +168,7 @@ def _data(cfg: TrainConfig) -> torch.Tensor:
     if path.exists():
         return torch.load(path)
     t0 = time.time()
-    world = world_named(cfg.world, "--world")
+    world = cfg.world_config
     images = np.stack([np.asarray(render(make_scene(s, world=world))) for s in range(cfg.n_scenes)])
     data = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()  # uint8 N x 3 x 32 x 32
     _save(data, path)
@@ -264,7 +269,7 @@ def train_unet(cfg: TrainConfig, latents: torch.Tensor, tokenizer):
     noise_schedule = DDPMScheduler.from_config(build_scheduler().config)
     gen = torch.Generator().manual_seed(cfg.seed + 1)
     wording = np.random.default_rng(cfg.seed + 2)
-    world = world_named(cfg.world, "--world")
+    world = cfg.world_config
     step = 0
     if path.exists():
         state = torch.load(path, weights_only=False)
@@ -356,7 +361,7 @@ def check_resume(cfg: TrainConfig) -> None:
 
 def train(cfg: TrainConfig) -> Path:
     """Run (or resume) every phase; returns the folder of the saved pipeline."""
-    world_named(cfg.world, "--world")
+    cfg.world_config  # an unknown world is refused before anything is written
     check_resume(cfg)
     torch.set_num_threads(cfg.threads)
     out = Path(cfg.out)
