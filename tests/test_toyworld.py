@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -177,6 +178,26 @@ def test_shipped_model_removes_the_moon_its_night_implies():
     # toy eval (200 captions): 96.5% drawn, 84% removed from step 0; the first model removed 40.5%.
     assert sum(base) >= 9, base
     assert sum(not n for b, n in zip(base, negated) if b) >= 0.6 * sum(base), (base, negated)
+
+
+KEPT_MODELS = sorted((Path(__file__).parents[1] / "benchmarks" / "models").glob("*/model_index.json"))
+
+
+@pytest.mark.parametrize("index", KEPT_MODELS, ids=lambda p: p.parent.name)
+def test_kept_models_load_offline_with_the_shipped_architecture(index):
+    """The docs reproduce figures with ``--model benchmarks/models/NAME``: each kept model must load
+    offline as a stock pipeline, with the shipped model's architecture and vocabulary (only the
+    weights and the VAE's scaling factor are its own)."""
+    from diffusers import StableDiffusionPipeline
+
+    folder = index.parent
+    pipe = StableDiffusionPipeline.from_pretrained(folder, local_files_only=True)
+    for config in ("unet/config.json", "text_encoder/config.json", "vae/config.json", "scheduler/scheduler_config.json"):
+        kept, shipped = (json.loads((root / config).read_text()) for root in (folder, ASSET_DIR))
+        kept.pop("scaling_factor", None), shipped.pop("scaling_factor", None)
+        assert kept == shipped, config
+    assert (folder / "tokenizer" / "tokenizer.json").read_bytes() == (ASSET_DIR / "tokenizer" / "tokenizer.json").read_bytes()
+    assert 0.5 < pipe.vae.config.scaling_factor < 2.0
 
 
 def test_eval_sets():
