@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import csv
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 from negschedule.cli import main
 from negschedule.experiments.bench_guidance import best_start, within_one_step, within_one_step_of_own
@@ -32,6 +35,18 @@ def test_bench_guidance_writes_table_and_summary(tmp_path, tiny_sd, capsys):
     assert {"auto", "start 0", "start 2"} <= set(summary["within_one_step_of_own_best_start"])
     assert all(0 <= k <= 2 for p in summary["prompts"] for k in p["image_oracles"])
     assert len(summary["prompts"]) == 2 and (out / "examples.png").exists()
+
+    # The study script that reads auto's signals beside the oracle takes this summary as it is.
+    traces = tmp_path / "traces.json"
+    script = Path(__file__).parents[1] / "benchmarks" / "trace_auto_signals.py"
+    done = subprocess.run([sys.executable, str(script), str(out / "summary.json"), "--out", str(traces), "--threads", "1"],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    records = json.loads(traces.read_text())
+    assert [(r["prompt"], r["seed"]) for r in records] == [(p["prompt"], 0) for p in summary["prompts"]]
+    for record in records:  # the rule never fires, so every step before the latest start (int(0.5 * 4) = 2) is probed
+        assert [t["step"] for t in record["trace"]] == [0, 1]
+        assert all(0.0 < t["attention"] <= 1.0 and -1.0 <= t["alignment"] <= 1.0 for t in record["trace"])
 
 
 def test_bench_guidance_bad_input(tmp_path, capsys):
