@@ -65,6 +65,9 @@ def test_compare_is_three_labelled_tiles_and_matches_generate(tmp_path):
         (["--steps", "0"], "steps"),
         (["--negative-prompt", "g", "--guidance-scale", "1"], "guidance_scale"),
         (["--negative-prompt", "g", "--negative-prompt-2", "h"], "negative_prompt_2"),  # the toy model is SD 1.x
+        (["--negative-prompt", "moon", "--negative-start", "auto", "--auto-signal", "vibes"], "auto_signal"),
+        (["--negative-prompt", "moon", "--negative-start", "auto", "--auto-max-start", "1.5"], "auto_max_start"),
+        (["--negative-prompt", "moon", "--negative-start", "2", "--auto-signal", "rollout"], "auto_signal"),  # needs auto
     ],
 )
 def test_bad_input_exit_2_one_line_no_file(tmp_path, capsys, args, argument):
@@ -74,6 +77,19 @@ def test_bad_input_exit_2_one_line_no_file(tmp_path, capsys, args, argument):
     assert code == 2
     assert len(err.splitlines()) == 1 and f"{argument}=" in err and "Traceback" not in err
     assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_auto_settings_on_the_command_line(tmp_path, capsys):
+    """--auto-signal / --auto-max-start reach AutoStart: a detector-read rollout on the toy world, its start within the cap."""
+    common = ["--prompt", "night, a red circle", "--negative-prompt", "moon", "--negative-start", "auto", "--steps", "10", "--seed", "3"]
+    assert main(["generate", *common, "--auto-signal", "rollout", "--auto-max-start", "0.3", "--out", str(tmp_path / "r.png")]) == 0
+    fields = Image.open(tmp_path / "r.png").text["parameters"].splitlines()[2]
+    start = int(fields.split("Auto start: ")[1].split(",")[0])
+    assert 0 <= start <= 3 and "Auto signal: rollout" in fields and "Auto max start: 0.3" in fields
+    # The same start given as a number is the same image: the flags changed the rule, nothing else.
+    fixed = [*common[:5], str(start), *common[6:]]
+    assert main(["generate", *fixed, "--out", str(tmp_path / "k.png")]) == 0
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "r.png")), np.asarray(Image.open(tmp_path / "k.png")))
 
 
 def test_output_in_missing_folder(tmp_path, capsys):

@@ -41,6 +41,8 @@ class RunSettings:
     negative_scale: float | None = None  # negative_scale / perp_neg: n; dng: lambda (None: guidance_scale)
     sigma_min: float | None = None  # sigma_window bounds (None: open on that side)
     sigma_max: float | None = None
+    auto_signal: str | None = None  # with --negative-start auto: what it watches (an auto.Signal value; None = the default)
+    auto_max_start: float | None = None  # with --negative-start auto: the latest start, a fraction (None = the default)
     auto_start: int | None = None  # with --negative-start auto: the step it chose (filled in after sampling)
 
 
@@ -63,6 +65,11 @@ def _add_generation_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--negative-prompt-2", default=None, help="SDXL only: the second text encoder's negative, on exactly when --negative-prompt is")
     p.add_argument("--negative-start", default=None, help="step (5) or fraction of steps (0.2); '1' is step 1, '1.0' all steps; 'auto' finds it while sampling")
     p.add_argument("--negative-end", default=None, help="exclusive end, step or fraction")
+    p.add_argument("--auto-signal", default=None,
+                   help="with --negative-start auto, what decides the start: attention (default), alignment, detector, "
+                        "negative_preview, rollout (the last three read the toy world's detector; docs/guidance.md)")
+    p.add_argument("--auto-max-start", type=float, default=None,
+                   help="with --negative-start auto, the latest start as a fraction of the steps (default 0.5)")
     p.add_argument(
         "--negative-window",
         nargs=3,
@@ -123,6 +130,8 @@ def _settings(args: argparse.Namespace) -> RunSettings:
         negative_scale=args.negative_scale,
         sigma_min=args.sigma_min,
         sigma_max=args.sigma_max,
+        auto_signal=args.auto_signal,
+        auto_max_start=args.auto_max_start,
     )
 
 
@@ -165,6 +174,7 @@ def _check_before_loading(s: RunSettings) -> None:
         pipeline_class = _pipeline_class(s.model)
         if pipeline_class is not None and "XL" not in pipeline_class:
             raise InputError("negative_prompt_2", s.negative_prompt_2, f"is for SDXL pipelines; the model is a {pipeline_class}")
+    _auto(s)  # bad --auto-* values, or --auto-* without --negative-start auto, fail here
     if has_negative:
         from .generate import plan_negatives
 
@@ -172,6 +182,24 @@ def _check_before_loading(s: RunSettings) -> None:
         plan_negatives(s.negative_prompt, s.steps, 1, start, s.negative_end, s.negative_windows)
     elif s.negative_start is not None or s.negative_end is not None:
         raise InputError("negative_start", s.negative_start, "needs a --negative-prompt to time")
+
+
+def _auto(s: RunSettings):
+    """``negative_start`` as generate() takes it: "auto" with --auto-* settings becomes an AutoStart."""
+    from .auto import AutoStart
+
+    given = {"auto_signal": s.auto_signal, "auto_max_start": s.auto_max_start}
+    given = {flag: value for flag, value in given.items() if value is not None}
+    if not given:
+        return s.negative_start
+    if s.negative_start != "auto":
+        flag, value = next(iter(given.items()))
+        raise InputError(flag, value, "needs --negative-start auto")
+    settings = {"signal": s.auto_signal, "max_start": s.auto_max_start}
+    try:
+        return AutoStart(**{k: v for k, v in settings.items() if v is not None})
+    except InputError as err:  # name the flag the user typed, not AutoStart's field
+        raise InputError(f"auto_{err.argument}", err.value, err.reason) from None
 
 
 def _guidance(s: RunSettings):
@@ -201,7 +229,7 @@ def _generate(pipe, s: RunSettings, **timing: Any):
         guidance_scale=s.guidance_scale,
         generator=torch.Generator().manual_seed(s.seed),
         negative_prompt=s.negative_prompt,
-        negative_start=s.negative_start,
+        negative_start=_auto(s),
         negative_end=s.negative_end,
         negative_windows=s.negative_windows,
         cfg_off=s.cfg_off,
@@ -216,7 +244,7 @@ def _generate(pipe, s: RunSettings, **timing: Any):
     if kwargs["negative_prompt_2"] is None:
         del kwargs["negative_prompt_2"]  # SD 1.x pipelines do not take the argument at all
     out = generate(pipe, **kwargs)
-    if kwargs.get("negative_start") == "auto":
+    if s.negative_start == "auto" and "negative_start" not in timing:
         s.auto_start = getattr(out, "negative_start", None)
     return out.images[0]
 
@@ -247,6 +275,8 @@ def png_parameters(pipe, s: RunSettings, **extra: Any) -> str:
         "Negative scale": s.negative_scale,
         "Sigma window": None if s.sigma_min is None and s.sigma_max is None else f"[{s.sigma_min}, {s.sigma_max}]",
         "Auto start": s.auto_start,
+        "Auto signal": s.auto_signal,
+        "Auto max start": s.auto_max_start,
         **extra,
         "negschedule": __version__,
         "diffusers": diffusers.__version__,
