@@ -68,6 +68,7 @@ def test_compare_is_three_labelled_tiles_and_matches_generate(tmp_path):
         (["--negative-prompt", "moon", "--negative-start", "auto", "--auto-signal", "vibes"], "auto_signal"),
         (["--negative-prompt", "moon", "--negative-start", "auto", "--auto-max-start", "1.5"], "auto_max_start"),
         (["--negative-prompt", "moon", "--negative-start", "2", "--auto-signal", "rollout"], "auto_signal"),  # needs auto
+        (["--negative-prompt", "glasses", "--negative-start", "auto", "--auto-signal", "detector"], "auto_signal"),  # no toy word
     ],
 )
 def test_bad_input_exit_2_one_line_no_file(tmp_path, capsys, args, argument):

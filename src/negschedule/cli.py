@@ -186,7 +186,7 @@ def _check_before_loading(s: RunSettings) -> None:
 
 def _auto(s: RunSettings):
     """``negative_start`` as generate() takes it: "auto" with --auto-* settings becomes an AutoStart."""
-    from .auto import AutoStart
+    from .auto import AutoStart, Signal
 
     given = {"auto_signal": s.auto_signal, "auto_max_start": s.auto_max_start}
     given = {flag: value for flag, value in given.items() if value is not None}
@@ -197,9 +197,18 @@ def _auto(s: RunSettings):
         raise InputError(flag, value, "needs --negative-start auto")
     settings = {"signal": s.auto_signal, "max_start": s.auto_max_start}
     try:
-        return AutoStart(**{k: v for k, v in settings.items() if v is not None})
+        auto = AutoStart(**{k: v for k, v in settings.items() if v is not None})
     except InputError as err:  # name the flag the user typed, not AutoStart's field
         raise InputError(f"auto_{err.argument}", err.value, err.reason) from None
+    if auto.signal in (Signal.DETECTOR, Signal.NEGATIVE_PREVIEW, Signal.ROLLOUT) and s.negative_prompt is not None:
+        from .experiments.detectors import ToyDetector
+
+        try:  # the command line has no other detector: say so before the model loads
+            ToyDetector(s.negative_prompt)
+        except InputError as err:
+            raise InputError("auto_signal", s.auto_signal, f"reads the toy world's detector, which cannot test the negative "
+                                                           f"prompt ({err.reason}); use attention or alignment") from None
+    return auto
 
 
 def _guidance(s: RunSettings):
