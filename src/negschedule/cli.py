@@ -188,16 +188,15 @@ def _auto(s: RunSettings):
     """``negative_start`` as generate() takes it: "auto" with --auto-* settings becomes an AutoStart."""
     from .auto import AutoStart, Signal
 
-    given = {"auto_signal": s.auto_signal, "auto_max_start": s.auto_max_start}
-    given = {flag: value for flag, value in given.items() if value is not None}
+    fields = {"signal": s.auto_signal, "max_start": s.auto_max_start}  # AutoStart's field -> --auto-<field>
+    given = {name: value for name, value in fields.items() if value is not None}
     if not given:
         return s.negative_start
     if s.negative_start != "auto":
-        flag, value = next(iter(given.items()))
-        raise InputError(flag, value, "needs --negative-start auto")
-    settings = {"signal": s.auto_signal, "max_start": s.auto_max_start}
+        name, value = next(iter(given.items()))
+        raise InputError(f"auto_{name}", value, "needs --negative-start auto")
     try:
-        auto = AutoStart(**{k: v for k, v in settings.items() if v is not None})
+        auto = AutoStart(**given)
     except InputError as err:  # name the flag the user typed, not AutoStart's field
         raise InputError(f"auto_{err.argument}", err.value, err.reason) from None
     if auto.signal in (Signal.DETECTOR, Signal.NEGATIVE_PREVIEW, Signal.ROLLOUT) and s.negative_prompt is not None:
