@@ -107,6 +107,11 @@ class AutoStart:
         if self.jumps < 1:
             raise InputError("jumps", self.jumps, "must be >= 1")
 
+    @property
+    def reads_detector(self) -> bool:
+        """Whether the signal asks a concept detector (``detector``, the toy world's when None)."""
+        return self.signal in (Signal.DETECTOR, Signal.NEGATIVE_PREVIEW, Signal.ROLLOUT)
+
     def cost_bound(self, steps: int | None = None) -> float:
         """The most this costs, in units of a plain generation's model evaluations (``steps``: for ROLLOUT)."""
         if self.signal is Signal.ROLLOUT:
@@ -205,7 +210,7 @@ class _Decider:
             latent_hw = (engine.height // pipe.vae_scale_factor, engine.width // pipe.vae_scale_factor)
             self.capture = CrossAttentionCapture(pipe.unet, columns, latent_hw).__enter__()
         self.detector = None
-        if settings.signal in (Signal.DETECTOR, Signal.NEGATIVE_PREVIEW, Signal.ROLLOUT):
+        if settings.reads_detector:
             self.detector = settings.detector
             if self.detector is None:
                 from .experiments.detectors import ToyDetector

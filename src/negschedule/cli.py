@@ -186,7 +186,7 @@ def _check_before_loading(s: RunSettings) -> None:
 
 def _auto(s: RunSettings):
     """``negative_start`` as generate() takes it: "auto" with --auto-* settings becomes an AutoStart."""
-    from .auto import AutoStart, Signal
+    from .auto import AutoStart
 
     fields = {"signal": s.auto_signal, "max_start": s.auto_max_start}  # AutoStart's field -> --auto-<field>
     given = {name: value for name, value in fields.items() if value is not None}
@@ -199,7 +199,7 @@ def _auto(s: RunSettings):
         auto = AutoStart(**given)
     except InputError as err:  # name the flag the user typed, not AutoStart's field
         raise InputError(f"auto_{err.argument}", err.value, err.reason) from None
-    if auto.signal in (Signal.DETECTOR, Signal.NEGATIVE_PREVIEW, Signal.ROLLOUT) and s.negative_prompt is not None:
+    if auto.reads_detector and s.negative_prompt is not None:
         from .experiments.detectors import ToyDetector
 
         try:  # the command line has no other detector: say so before the model loads

@@ -9,7 +9,8 @@ probed as remedies for weak negatives (docs/toyworld.md, benchmarks/probe_world.
 model's world is "moon-alone": the first world plus 5% of scenes that show the moon alone,
 captioned by its word, so that the negative "moon" has pictures of its own (with them, the
 negative removes the implied moon in 84% of night pictures instead of 40.5%). "alone-big" (lone
-shapes as close-ups too) was also trained in full: stronger negatives, weaker drawing.
+shapes as close-ups too) and "alone-mid" (milder close-ups) were also trained in full and not
+shipped (docs/toyworld.md).
 Everything is a pure function of the world and an integer seed, so the training set, the held-out
 evaluation captions and the tests' ground truth are reproducible anywhere.
 """
