@@ -93,6 +93,18 @@ def test_auto_settings_on_the_command_line(tmp_path, capsys):
     assert np.array_equal(np.asarray(Image.open(tmp_path / "r.png")), np.asarray(Image.open(tmp_path / "k.png")))
 
 
+@pytest.mark.parametrize("args", [["--auto-max-start", "abc"], ["--guidance-scale", "abc"], []])
+def test_argparse_errors_are_one_line(tmp_path, capsys, args):
+    """A value of the wrong type, or a missing --out, is argparse's own error: one line too, exit 2."""
+    out = ["--out", str(tmp_path / "x.png")] if args else []
+    with pytest.raises(SystemExit) as stop:
+        main(["generate", "--prompt", "p", *args, *out])
+    err = capsys.readouterr().err.strip()
+    assert stop.value.code == 2 and len(err.splitlines()) == 1, err
+    assert err.startswith("negschedule generate: error: ") and (args[0] if args else "--out") in err
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_output_in_missing_folder(tmp_path, capsys):
     assert main(["generate", "--prompt", "p", "--out", str(tmp_path / "nope" / "x.png")]) == 2
     assert "out=" in capsys.readouterr().err

@@ -332,10 +332,18 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with its own errors (a value of the wrong type, a missing flag) on one line, like an
+    InputError's, instead of the usage block above it; sub-commands' parsers inherit the class."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
-    parser = argparse.ArgumentParser(prog="negschedule", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="negschedule", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"negschedule {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     gen = sub.add_parser("generate", help="one image with a timed negative prompt")

@@ -242,7 +242,9 @@ def register(subparsers) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="negschedule", description="negschedule experiments")
+    from ..cli import ArgumentParser
+
+    parser = ArgumentParser(prog="negschedule", description="negschedule experiments")
     register(parser.add_subparsers(dest="command", required=True))
     return parser
 

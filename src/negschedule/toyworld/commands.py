@@ -101,9 +101,9 @@ def register(subparsers) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ..cli import run
+    from ..cli import ArgumentParser, run
 
-    parser = argparse.ArgumentParser(prog="negschedule")
+    parser = ArgumentParser(prog="negschedule")
     register(parser.add_subparsers(dest="command", required=True))
     return run(parser, argv)
 
