@@ -248,3 +248,49 @@ def test_auto_rollout_backtracking_restores_scheduler_and_noise_state(tiny_sd, s
         assert torch.equal(res.latents[5], fixed.latents[5])
     finally:
         tiny_sd.scheduler = original
+
+
+def test_engine_calls_the_step_callback_as_the_stock_pipeline_does(tiny_sd):
+    # Same timing through both routes: the stock pipeline (timed CFG) and the engine (auto that
+    # starts at step 1) hand the callback the same pass indices and, to float noise, the same latents.
+    def recorder(seen):
+        def callback(pipe, i, t, tensors):
+            seen.append((i, int(t), tensors["latents"].clone()))
+            return {}
+        return callback
+
+    stock, engine = [], []
+    generate(tiny_sd, negative_prompt=NEG, negative_start=1, generator=torch.Generator().manual_seed(3), callback_on_step_end=recorder(stock), **KW)
+    auto = AutoStart(signal=Signal.ALIGNMENT, threshold=-2.0, min_step=1)
+    run(tiny_sd, None, negative_start=auto, callback_on_step_end=recorder(engine))
+    assert [(i, t) for i, t, _ in engine] == [(i, t) for i, t, _ in stock] and len(stock) == N
+    assert all(torch.allclose(a, b, atol=1e-4) for (_, _, a), (_, _, b) in zip(engine, stock))
+
+
+def test_engine_step_callback_may_replace_the_latents(tiny_sd):
+    plain = run(tiny_sd, "perp_neg").images
+    zeroed = run(tiny_sd, "perp_neg", callback_on_step_end=lambda pipe, i, t, tensors: {"latents": tensors["latents"] * 0} if i == N - 1 else {}).images
+    assert not torch.equal(plain, zeroed) and torch.count_nonzero(zeroed) == 0
+    with pytest.raises(InputError, match="callback_on_step_end_tensor_inputs"):
+        run(tiny_sd, "perp_neg", callback_on_step_end=lambda *a: {}, callback_on_step_end_tensor_inputs=["latents", "prompt_embeds"])
+
+
+def test_rollout_reports_replayed_passes_to_the_callback(tiny_sd):
+    # Absent at the first probe, present at the second: the start (2) is behind, so the loop goes
+    # back to step 2's snapshot and the callback sees passes 2.. again; its last report is the final pass.
+    answers = iter([False, True])
+    auto = AutoStart(signal=Signal.ROLLOUT, detector=lambda image: next(answers))
+    seen = []
+    run(tiny_sd, None, negative_start=auto, num_inference_steps=8, callback_on_step_end=lambda pipe, i, t, tensors: seen.append(i) or {})
+    assert seen[-6:] == [2, 3, 4, 5, 6, 7] and len(seen) > 8 and seen[:2] == [0, 1]
+
+
+def test_engine_draws_the_pipelines_progress_bar(tiny_sd, capsys):
+    import sys
+
+    tiny_sd.set_progress_bar_config(disable=False, file=sys.stderr)
+    try:
+        run(tiny_sd, "perp_neg")
+    finally:
+        tiny_sd.set_progress_bar_config(disable=True)
+    assert f"{N}/{N}" in capsys.readouterr().err

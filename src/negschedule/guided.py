@@ -66,6 +66,12 @@ class GuidedSampler:
     ``negative_start`` / ``negative_end`` gate the negative for every rule (int step, float
     fraction, as in ``generate()``); ``negative_start="auto"`` hands the start to ``auto``
     (an :class:`negschedule.auto.AutoStart`, default settings when None).
+
+    ``callback_on_step_end`` is called after every pass as the stock pipeline calls it,
+    ``(pipe, pass index, timestep, {"latents": ...})``, and may return new latents; only the latents
+    are offered (the other tensors the stock loop shares do not exist here). When ``auto``'s
+    look-ahead goes back to an earlier step, the passes from there are run, and reported, again.
+    ``progress_bar``: draw the pipeline's own progress bar (``pipe.set_progress_bar_config`` applies).
     """
 
     def __init__(
@@ -76,9 +82,15 @@ class GuidedSampler:
         negative_start: int | float | str | None = None,
         negative_end: int | float | None = None,
         auto=None,
+        callback_on_step_end=None,
+        callback_on_step_end_tensor_inputs: Sequence[str] | None = ("latents",),
+        progress_bar: bool = False,
         **pipeline_kwargs: Any,
     ):
         self.guidance = Guidance.of(guidance)
+        self.callback, self.callback_inputs = _check_callback(callback_on_step_end, callback_on_step_end_tensor_inputs)
+        self.progress_bar = progress_bar
+        self._bar = None
         self.engine = engine = Engine(pipe, **pipeline_kwargs)
         rule = self.guidance.rule
         self.auto = None
@@ -194,11 +206,25 @@ class GuidedSampler:
         posterior = torch.full((rows,), self.guidance.prior, dtype=torch.float64)
         decider = self.auto.decider(self, seed) if self.auto is not None else None
         cond_off = engine._condition(self.off_key)
+        self._bar = engine.pipe.progress_bar(total=len(engine.timesteps)) if self.progress_bar else None
         try:
             return self._loop(state, decider, posterior, extra, cond_off)
         finally:
             if decider is not None:
                 decider.close()
+            if self._bar is not None:
+                self._bar.close()
+                self._bar = None
+
+    def _end_of_pass(self, p: int, t, state) -> None:
+        """After pass ``p``: the progress bar, then the user's callback (which may replace the latents)."""
+        if self._bar is not None:
+            self._bar.n = p + 1  # not update(): a rollout that goes back runs passes again
+            self._bar.refresh()
+        if self.callback is not None:
+            tensors = {"latents": state.latents} if "latents" in self.callback_inputs else {}
+            returned = self.callback(self.engine.pipe, p, t, tensors) or {}
+            state.latents = returned.get("latents", state.latents)
 
     def _loop(self, state, decider, posterior, extra, cond_off):
         from .auto import Signal
@@ -250,6 +276,7 @@ class GuidedSampler:
                         )
                     trace.append({"step": step, "posterior": float(posterior.mean())})
                 state.latents = new
+                self._end_of_pass(p, t, state)
         return state, start, trace
 
     def _auto_pass(self, decider, scheduler, x, t, step: int, start: int | None, trace: list):
@@ -369,8 +396,26 @@ class GuidedSampler:
                 if "generator" in step_kwargs:
                     step_kwargs["generator"] = state.generator
                 state.latents = state.scheduler.step(eps, t, x, **step_kwargs, return_dict=False)[0]
+                self._end_of_pass(p, t, state)
                 p += 1
         return state, start, trace
+
+
+def _check_callback(callback, tensor_inputs) -> tuple[Any, tuple[str, ...]]:
+    """The callback and the tensors it asks for; the engine's loop offers the latents only."""
+    if callback is None:
+        return None, ()
+    from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
+
+    if isinstance(callback, (PipelineCallback, MultiPipelineCallbacks)):
+        tensor_inputs = callback.tensor_inputs
+    elif not callable(callback):
+        raise InputError("callback_on_step_end", type(callback).__name__, "must be callable (pipe, step_index, timestep, callback_kwargs)")
+    inputs = tuple(tensor_inputs or ())
+    other = [name for name in inputs if name != "latents"]
+    if other:
+        raise InputError("callback_on_step_end_tensor_inputs", other, "only 'latents' with this guidance or negative_start='auto' (the engine's loop)")
+    return callback, inputs
 
 
 def sample_guided(pipe, guidance, seeds: Sequence[int], negative_prompt: str | None = None, negative_start=None, negative_end=None, auto=None, **pipeline_kwargs) -> GuidedResult:
@@ -392,6 +437,7 @@ def generate_guided(pipe, guidance=None, negative_start=None, negative_end=None,
     seed = 0 if seed is None else int(seed)
     return_dict = kwargs.pop("return_dict", True)
     negative_prompt = kwargs.pop("negative_prompt", None)
+    kwargs.setdefault("progress_bar", True)  # as the stock pipeline draws one
     result = sample_guided(pipe, guidance, [seed], negative_prompt, negative_start, negative_end, **kwargs)
     images = result.images[seed]
     if not return_dict:
