@@ -24,6 +24,7 @@ CORE = dict(
     steps=4,
     guidance_scale=7.5,
     seed=1,
+    start_rule=app.SLIDER_START,
 )
 
 
@@ -131,6 +132,80 @@ def test_sweep_by_the_library_equals_the_generate_loop(ui, monkeypatch):
     assert looped.size == (3 * 128, 2 * (128 + 22))  # 2 seeds x (no negative + 2 starts)
     if grid is not None:
         assert np.array_equal(np.asarray(grid), np.asarray(looped))
+
+
+# ---- the auto start: decided while sampling, then shown as the step it chose ------------------------------
+
+
+def auto_image(pipe, signal, **kwargs):
+    from negschedule import generate
+    from negschedule.auto import AutoStart, Signal
+
+    args = dict(prompt=CORE["prompt"], negative_prompt="blue square", num_inference_steps=4, guidance_scale=7.5,
+                generator=torch.Generator().manual_seed(1), negative_start=AutoStart(signal=Signal(signal)))
+    out = generate(pipe, **{**args, **kwargs})
+    return np.asarray(out.images[0]), out.negative_start
+
+
+def test_start_menu_offers_every_auto_signal():
+    from negschedule.auto import Signal
+
+    values = [value for _, value in app.START_RULES]
+    assert values[0] == app.SLIDER_START and sorted(values[1:]) == sorted(s.value for s in Signal)
+
+
+def test_generate_with_auto_start_is_the_library_auto_and_says_its_step(ui, pipe):
+    image, per_step, status = ui.generate(*core(start_rule="alignment"), True)
+    want, chosen = auto_image(pipe, "alignment")
+    assert np.array_equal(np.asarray(image), want)
+    assert np.abs(np.asarray(image).astype(int) - library_image(pipe, negative_prompt="blue square", negative_start=chosen)).max() <= 1
+    params = image.info["parameters"]
+    assert "Negative start: auto" in params and f"Auto start: {chosen}" in params and "Auto signal: alignment" in params
+    assert f"auto (alignment) chose step {chosen}: " in status
+    assert [caption for _, caption in per_step] == [f"{i}: {'off' if i < chosen else repr('blue square')}" for i in range(4)]
+
+
+def test_auto_rollout_shows_each_step_once_though_it_may_go_back(ui, pipe):
+    _, per_step, status = ui.generate(*core(start_rule="rollout"), True)
+    assert len(per_step) == 4 and "auto (rollout) chose step" in status
+
+
+def test_compare_with_auto_labels_the_step_it_chose(ui, pipe):
+    _, images, _, status = ui.compare(*core(start_rule="alignment"), False)
+    want, chosen = auto_image(pipe, "alignment")
+    labels = [label for _, label in images]
+    assert labels == ["no negative", "negative from step 0", f"negative from step {chosen} (auto, alignment)"]
+    assert np.array_equal(np.asarray(images[2][0]), want)
+    assert "Negative" not in images[0][0].info["parameters"].splitlines()[1]  # no negative in the no-negative image's text
+    assert "Negative start: 0" in images[1][0].info["parameters"] and "Auto" not in images[1][0].info["parameters"]
+    assert f"Auto start: {chosen}" in images[2][0].info["parameters"]
+
+
+def test_sweep_with_auto_adds_its_column(ui, monkeypatch):
+    grid, status = ui.sweep(*core(start_rule="alignment"), "0:4:2", "0,1")
+    assert grid.size == (4 * 128, 2 * (128 + 22))  # no negative + 2 starts + auto
+    assert "then 2 with the auto start (alignment)" in status
+
+
+def test_heatmaps_with_auto_use_the_step_it_chose(ui, pipe):
+    if app.experiment("attention_maps") is None:
+        pytest.skip("negschedule.attention is not installed")
+    _, chosen = auto_image(pipe, "alignment", generator=torch.Generator().manual_seed(1))
+    _, status = ui.heatmaps(*core(start_rule="alignment"), "circle", "square")
+    assert f"auto (alignment) chose step {chosen}" in status
+
+
+@pytest.mark.parametrize(
+    "changes, argument",
+    [
+        (dict(start_rule="vibes"), "start_rule"),
+        (dict(start_rule="detector", negative_prompt="glasses"), "auto_signal"),  # the toy detector cannot test it
+        (dict(start_rule="attention", cfg_off=True), "cfg_off"),
+    ],
+)
+def test_bad_auto_input_is_refused_before_sampling(ui, changes, argument):
+    with pytest.raises(InputError, match=argument):
+        app.page_settings(*core(**changes))
 
 
 def test_sweep_refuses_work_beyond_its_limit(ui):

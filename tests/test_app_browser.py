@@ -165,6 +165,17 @@ def test_compare_brings_back_three_images(page, artifacts, size):
     page.screenshot(path=str(artifacts / "ui-compare.png"), full_page=True)
 
 
+def test_auto_start_greys_the_slider_and_compares_at_the_step_it_chose(page, artifacts, size):
+    page.locator("#ns-start-rule input").click()
+    page.get_by_role("option", name="auto: guidance alignment").click()
+    page.wait_for_function("document.querySelector('#ns-start input[type=range]').disabled")
+    page.get_by_role("tab", name="compare").click()
+    page.click("#ns-compare")
+    assert loaded_images(page, "#ns-compare-row img", 1) == [3 * shown(size, 256)]
+    page.wait_for_function("document.querySelector('#ns-compare-status').innerText.includes('auto (alignment) chose step')")
+    page.screenshot(path=str(artifacts / "ui-compare-auto.png"), full_page=True)
+
+
 def test_sweep_brings_back_a_grid(page, artifacts, size):
     page.get_by_role("tab", name="sweep").click()
     page.fill("#ns-starts textarea, #ns-starts input", "0:20:5")

@@ -1,6 +1,7 @@
 """The web UI (``negschedule serve``): what a negative prompt does, step by step, in a page.
 
-This module owns the Gradio app: a *generate* tab (a start-step slider and the core options, with
+This module owns the Gradio app: a *generate* tab (a start-step slider, or ``auto`` with a signal
+from the start menu, and the core options, with
 the per-step plan of which negative text is active and, on request, the latents decoded after
 every step), the three-way *comparison* (no negative | from step 0 | from step k, optionally every
 step of the three runs), the *sweep* grid (rows: seeds, columns: the step the negative starts), the
@@ -46,6 +47,16 @@ _PLAIN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 # Work one click may queue: a sweep beyond this is refused rather than left running for hours.
 MAX_SWEEP_RUNS = 400
 MAX_STEPS = 150
+# The start menu: the slider's step, or auto watching one signal (the values are auto.Signal's).
+SLIDER_START = "slider"
+START_RULES = [
+    ("step k (the slider)", SLIDER_START),
+    ("auto: negative's attention (default)", "attention"),
+    ("auto: guidance alignment", "alignment"),
+    ("auto: toy detector on the x0 preview", "detector"),
+    ("auto: toy detector, negative's x0", "negative_preview"),
+    ("auto: look-ahead (rollout)", "rollout"),
+]
 
 Progress = Callable[..., Any]  # gr.Progress, or any callable taking (fraction | (i, n), desc=...)
 
@@ -152,12 +163,22 @@ class PageSettings:
     scheduler: str | None  # None: the model's own
     prompt: str
     negative_prompt: str | None
-    negative_start: int | None
+    negative_start: int | str | None  # "auto": decided while sampling
     negative_end: int | None  # None: to the last step
     cfg_off: bool
     steps: int
     guidance_scale: float
     seed: int
+    auto_signal: str | None = None  # with negative_start "auto": what it watches (an auto.Signal value)
+    auto_start: int | None = None  # with negative_start "auto": the step it chose (filled in by sampling)
+
+    @property
+    def is_auto(self) -> bool:
+        return self.negative_start == "auto"
+
+    def chosen(self) -> "PageSettings":
+        """These settings with auto's chosen start as a fixed one (what the run did, step by step)."""
+        return replace(self, negative_start=self.auto_start) if self.is_auto and self.auto_start is not None else self
 
     def run_settings(self):
         from .cli import RunSettings
@@ -173,7 +194,23 @@ class PageSettings:
             seed=self.seed,
             scheduler=self.scheduler,
             model=None if self.model == DEFAULT_MODEL else self.model,
+            auto_signal=self.auto_signal,
+            auto_start=self.auto_start,
         )
+
+    def timed(self, **timing: Any) -> "PageSettings":
+        """These settings as one of a comparison's runs made them (``negative_prompt=None`` or a fixed ``negative_start``)."""
+        if not timing:
+            return self
+        if timing.get("negative_prompt", self.negative_prompt) is None:
+            timing = {**timing, "negative_start": None, "negative_end": None}
+        return replace(self, **timing, auto_signal=None, auto_start=None)
+
+    def negative_start_argument(self):
+        """``negative_start`` as generate() takes it (an AutoStart for "auto")."""
+        from .cli import _auto
+
+        return _auto(self.run_settings())
 
 
 def _whole(value: Any, argument: str, low: int, high: int | None = None) -> int:
@@ -201,8 +238,15 @@ def page_settings(
     steps: Any,
     guidance_scale: Any,
     seed: Any,
+    start_rule: Any = SLIDER_START,
 ) -> PageSettings:
-    """Check the core options; an empty negative prompt means none (and the sliders are then ignored)."""
+    """Check the core options; an empty negative prompt means none (and the sliders are then ignored).
+
+    ``start_rule``: ``SLIDER_START`` (the start slider's step) or an ``auto.Signal`` value (the
+    start is decided while sampling, watching that signal; the slider is then ignored).
+    """
+    from .auto import Signal
+
     from .schedulers import check_scheduler_name
 
     if not isinstance(prompt, str) or not prompt.strip():
@@ -219,13 +263,23 @@ def page_settings(
         raise InputError("guidance_scale", guidance_scale, "must be a number") from None
     if not math.isfinite(scale):
         raise InputError("guidance_scale", guidance_scale, "must be a finite number")
+    signals = [signal.value for signal in Signal]
+    if start_rule in (None, ""):
+        start_rule = SLIDER_START
+    if start_rule != SLIDER_START and start_rule not in signals:
+        raise InputError("start_rule", start_rule, f"choose {SLIDER_START} or auto with one of {', '.join(signals)}")
     negative = negative_prompt if isinstance(negative_prompt, str) and negative_prompt.strip() else None
-    start = end = None
+    start = end = signal = None
     if negative is not None:
-        start = _whole(negative_start, "negative_start", 0, steps_n)
+        if start_rule == SLIDER_START:
+            start = _whole(negative_start, "negative_start", 0, steps_n)
+        else:
+            start, signal = "auto", start_rule
+            if cfg_off:
+                raise InputError("cfg_off", True, "the auto start keeps CFG on; untick 'CFG off' or use the slider's start")
         end = _whole(negative_end, "negative_end", 0, steps_n) if negative_end not in (None, "") else steps_n
         end = None if end >= steps_n else end  # the slider's right end means "to the last step"
-    return PageSettings(
+    settings = PageSettings(
         model=model or DEFAULT_MODEL,
         scheduler=scheduler,
         prompt=prompt,
@@ -236,7 +290,11 @@ def page_settings(
         steps=steps_n,
         guidance_scale=scale,
         seed=seed_n,
+        auto_signal=signal,
     )
+    if settings.is_auto:
+        settings.negative_start_argument()  # a signal that cannot read this negative fails before loading
+    return settings
 
 
 def step_plan(s: PageSettings) -> str:
@@ -246,6 +304,10 @@ def step_plan(s: PageSettings) -> str:
     off = "no CFG (positive only)" if s.cfg_off else "CFG with the empty prompt"
     if s.negative_prompt is None:
         return f"steps 0-{s.steps - 1}: CFG with the empty prompt (no negative)"
+    if s.is_auto:
+        if s.auto_start is None:
+            return f"the negative {s.negative_prompt!r} from the step auto chooses while sampling ({s.auto_signal})"
+        return f"auto ({s.auto_signal}) chose step {s.auto_start}: " + step_plan(s.chosen())
     keys = plan_negatives(s.negative_prompt, s.steps, 1, s.negative_start, s.negative_end)
     parts, first = [], 0
     for step in range(1, s.steps + 1):
@@ -418,7 +480,7 @@ class UI:
         kwargs: dict[str, Any] = dict(
             prompt=s.prompt,
             negative_prompt=s.negative_prompt,
-            negative_start=s.negative_start,
+            negative_start=s.negative_start_argument() if s.is_auto else s.negative_start,
             negative_end=s.negative_end,
             cfg_off=s.cfg_off,
             num_inference_steps=s.steps,
@@ -428,23 +490,25 @@ class UI:
         kwargs.update(timing)
         if kwargs["negative_prompt"] is None:
             kwargs.update(negative_start=None, negative_end=None)
-        steps_latents: list[Any] = []
-        pass_steps: list[int] = []
+        steps_latents: dict[int, Any] = {}  # by step: auto's look-ahead may go back and run steps again
+        # From a copy: the engine (auto) samples with schedulers of its own and leaves pipe.scheduler unset.
+        counter = copy.deepcopy(pipe.scheduler)
+        counter.set_timesteps(s.steps)
+        pass_steps = step_of_passes(counter)
 
         def on_pass(pipeline, i, t, tensors):
-            if not pass_steps:
-                pass_steps.extend(step_of_passes(pipeline.scheduler))
             progress((i + 1, len(pass_steps)), desc=desc)
             last_of_step = i + 1 == len(pass_steps) or pass_steps[i + 1] != pass_steps[i]
             if record_steps and last_of_step:
-                steps_latents.append(tensors["latents"].clone())
+                steps_latents[pass_steps[i]] = tensors["latents"].clone()
             return {}
 
-        image = generate(
-            pipe, callback_on_step_end=on_pass, callback_on_step_end_tensor_inputs=["latents"], **kwargs
-        ).images[0]
+        out = generate(pipe, callback_on_step_end=on_pass, callback_on_step_end_tensor_inputs=["latents"], **kwargs)
+        if s.is_auto and not timing:  # a comparison's other runs (no negative, step 0) choose nothing
+            s.auto_start = out.negative_start
+        image = out.images[0]
         if record_steps:
-            return image, [self._decode(pipe, latents) for latents in steps_latents]
+            return image, [self._decode(pipe, steps_latents[step]) for step in sorted(steps_latents)]
         return image
 
     @staticmethod
@@ -470,13 +534,13 @@ class UI:
         *core, show_steps = inputs
         s = page_settings(*core)
         show_steps = bool(show_steps)
-        plan = step_plan(s)
         with self._lock:
             pipe = self._pipeline(s.model, s.scheduler)
             began = time.perf_counter()
             result = self._image(pipe, s, progress, "sampling", record_steps=show_steps)
             image, per_step = result if show_steps else (result, [])
             self._tag(pipe, s, image)
+        plan = step_plan(s)
         keys = self._step_texts(s)
         gallery = [(img, f"{i}: {keys[i]}") for i, img in enumerate(per_step)]
         status = f"{s.steps} steps in {time.perf_counter() - began:.1f} s. Negative: {plan}"
@@ -486,6 +550,8 @@ class UI:
         if s.negative_prompt is None:
             return ["no negative"] * s.steps
         from .generate import plan_negatives
+
+        s = s.chosen()
 
         keys = plan_negatives(s.negative_prompt, s.steps, 1, s.negative_start, s.negative_end)
         return ["off" if key[0] is None else repr(key[0]) for key in keys]
@@ -502,7 +568,7 @@ class UI:
         s = page_settings(*core)
         if s.negative_prompt is None:
             raise InputError("negative_prompt", None, "the comparison needs a negative prompt")
-        k = s.negative_start
+        k = f"auto ({s.auto_signal})" if s.is_auto else s.negative_start
         labels = ["no negative", "negative from step 0", f"negative from step {k}"]
         timings = [dict(negative_prompt=None), dict(negative_start=0), {}]
         images, strips = [], []
@@ -512,14 +578,16 @@ class UI:
             for n, (label, timing) in enumerate(zip(labels, timings)):
                 result = self._image(pipe, s, progress, f"{n + 1}/3: {label}", record_steps=bool(show_steps), **timing)
                 image, per_step = result if show_steps else (result, [])
-                images.append(self._tag(pipe, s, image, Comparison=label))
+                if s.is_auto and not timing:
+                    labels[n] = label = f"negative from step {s.auto_start} (auto, {s.auto_signal})"
+                images.append(self._tag(pipe, s.timed(**timing), image, Comparison=label))
                 strips.append(per_step)
         row = labelled_row(images, labels)
         grid = None
         if show_steps:
             rows = []
             for label, timing, per_step in zip(labels, timings, strips):
-                active = self._step_texts(replace(s, **timing))
+                active = self._step_texts(s.timed(**timing))
                 tiles = [f"{i}{' neg' if a not in ('off', 'no negative') else ''}" for i, a in enumerate(active)]
                 rows.append(_titled(labelled_row(per_step, tiles, min_tile=64), label))
             grid = _stack(rows)
@@ -536,7 +604,7 @@ class UI:
             raise InputError("negative_prompt", None, "the sweep needs a negative prompt")
         starts = parse_starts(starts_text, s.steps)
         seeds = parse_seeds(seeds_text)
-        runs = len(seeds) * (len(starts) + 1)
+        runs = len(seeds) * (len(starts) + 1 + s.is_auto)
         if runs > MAX_SWEEP_RUNS:
             raise InputError("starts", starts_text, f"{runs} runs with these seeds; at most {MAX_SWEEP_RUNS} from the page")
         with self._lock:
@@ -548,10 +616,14 @@ class UI:
                 cells, how = self._library_sweep(library_sweep, pipe, s, starts, seeds, progress)
             else:
                 cells, how = self._generate_sweep(pipe, s, starts, seeds, progress), "one generate() call per image"
-        rows = [
-            labelled_row(cells[seed], [f"seed {seed}: no negative"] + [f"start {k}" for k in starts], min_tile=128)
-            for seed in seeds
-        ]
+            titles = {seed: [f"seed {seed}: no negative"] + [f"start {k}" for k in starts] for seed in seeds}
+            if s.is_auto:  # one more column: where auto starts, beside the fixed starts it can be judged by
+                for n, seed in enumerate(seeds):
+                    run = replace(s, seed=seed)
+                    cells[seed].append(self._image(pipe, run, progress, f"auto {n + 1}/{len(seeds)}: seed {seed}"))
+                    titles[seed].append(f"auto: start {run.auto_start}")
+                how += f", then {len(seeds)} with the auto start ({s.auto_signal})"
+        rows = [labelled_row(cells[seed], titles[seed], min_tile=128) for seed in seeds]
         grid = _stack(rows)
         status = f"{runs} images ({how}) in {time.perf_counter() - began:.1f} s; negative {s.negative_prompt!r}"
         return grid, status
@@ -618,6 +690,9 @@ class UI:
         with self._lock:
             pipe = self._pipeline(s.model, s.scheduler)
             began = time.perf_counter()
+            if s.is_auto and s.negative_prompt is not None:
+                # The maps are taken with a fixed start: the one auto chooses for this seed (its image is that start's image).
+                self._image(pipe, s, progress, f"auto ({s.auto_signal}): finding the start")
             progress(0.0, desc="sampling with attention capture")
             maps = attention_maps(
                 pipe,
@@ -625,7 +700,7 @@ class UI:
                 tokens=words,
                 negative_prompt=s.negative_prompt,
                 negative_tokens=negative_words,
-                negative_start=s.negative_start,
+                negative_start=s.chosen().negative_start,
                 negative_end=s.negative_end,
                 seed=s.seed,
                 num_inference_steps=s.steps,
@@ -757,6 +832,7 @@ def build_app(ui: UI):
             label="negative prompt (A1111 prompt editing works: [:glasses:0.2])", value="blue square", elem_id="ns-negative"
         )
         with gr.Row():
+            start_rule = gr.Dropdown(START_RULES, value=SLIDER_START, label="negative start", scale=0, min_width=260, elem_id="ns-start-rule")
             start = gr.Slider(0, default_steps, value=4, step=1, label="negative starts at step k", elem_id="ns-start")
             end = gr.Slider(0, default_steps, value=default_steps, step=1, label="negative ends before step (N = last)", elem_id="ns-end")
         with gr.Row():
@@ -764,7 +840,9 @@ def build_app(ui: UI):
             cfg = gr.Slider(1, 20, value=7.5, step=0.5, label="guidance scale", elem_id="ns-cfg")
             seed = gr.Number(value=1, precision=0, label="seed", elem_id="ns-seed")
             cfg_off = gr.Checkbox(False, label="CFG off while the negative is off")
-        core = [model, scheduler, prompt, negative, start, end, cfg_off, steps, cfg, seed]
+        core = [model, scheduler, prompt, negative, start, end, cfg_off, steps, cfg, seed, start_rule]
+        # With an auto start the slider's step is not used: say so by greying it out.
+        start_rule.change(lambda rule: gr.update(interactive=rule == SLIDER_START), start_rule, start, queue=False)
 
         def follow_steps(n, k):
             # The sliders count steps of this run; the window end goes back to "the last step".
@@ -799,7 +877,7 @@ def build_app(ui: UI):
             save.click(_page_errors(ui.save, 2), [last_image, file_name], status, concurrency_id="model")
 
         with gr.Tab("compare", id="compare"):
-            gr.Markdown("No negative | the negative from step 0 | the negative from step k (the slider above).")
+            gr.Markdown("No negative | the negative from step 0 | the negative from step k (the slider above, or where auto starts it).")
             with gr.Row():
                 go_compare = gr.Button("Compare", variant="primary", elem_id="ns-compare")
                 compare_steps = gr.Checkbox(False, label="show every step: a row per run, a column per step ('neg': the negative acts)", elem_id="ns-compare-show-steps")
