@@ -220,7 +220,9 @@ def generate(
     ``guidance``: a :class:`~negschedule.guidance.Guidance` or rule name (``"cfg"``, ``"timed"``,
     ``"negative_scale"``, ``"perp_neg"``, ``"sigma_window"``, ``"dng"``); ``negative_start="auto"``
     (or an :class:`~negschedule.auto.AutoStart` with other settings) finds the start while sampling. Plain CFG (the default) and the timed negative
-    run here on the stock pipeline; the other rules and "auto" run in the engine (``guided.py``).
+    run here on the stock pipeline; the other rules and "auto" run in the engine (``guided.py``),
+    whose loop draws the pipeline's progress bar and calls ``callback_on_step_end`` too, offering
+    the latents only.
     """
     if _needs_engine(guidance, negative_start):
         if negative_windows or cfg_off:
