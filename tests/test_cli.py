@@ -53,6 +53,19 @@ def test_compare_is_three_labelled_tiles_and_matches_generate(tmp_path):
     assert np.array_equal(np.asarray(third.resize(single.size, Image.NEAREST)), np.asarray(single))
 
 
+def test_compare_with_auto_labels_the_step_it_chose(tmp_path):
+    common = ["--prompt", "a cat", "--negative-prompt", "dog", "--steps", "4", "--seed", "7", "--negative-start", "auto", "--auto-signal", "alignment"]
+    assert main(["compare", *common, "--out", str(tmp_path / "cmp.png")]) == 0
+    assert main(["generate", *common, "--out", str(tmp_path / "auto.png")]) == 0
+    chosen = Image.open(tmp_path / "auto.png").text["parameters"].split("Auto start: ")[1].split(",")[0]
+    row = Image.open(tmp_path / "cmp.png")
+    assert f"negative from step {chosen} (auto)" in row.text["parameters"]
+    single = Image.open(tmp_path / "auto.png").convert("RGB")
+    tile = row.width // 3
+    third = row.convert("RGB").crop((2 * tile, row.height - tile, 3 * tile, row.height))
+    assert np.array_equal(np.asarray(third.resize(single.size, Image.NEAREST)), np.asarray(single))
+
+
 @pytest.mark.parametrize(
     "args, argument",
     [

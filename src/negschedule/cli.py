@@ -315,18 +315,21 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if s.negative_prompt is None:
         raise InputError("negative_prompt", None, "compare needs a --negative-prompt")
     if s.negative_start is None:
-        raise InputError("negative_start", None, "compare needs a --negative-start (step or fraction)")
+        raise InputError("negative_start", None, "compare needs a --negative-start (step, fraction or auto)")
     _check_before_loading(s)
     pipe = _load(s)
     from .schedule import resolve_step
 
-    k = resolve_step(s.negative_start, s.steps, "negative_start")
     images = [
         _generate(pipe, s, negative_prompt=None, negative_prompt_2=None, negative_start=None, negative_end=None, negative_windows=[]),
         _generate(pipe, s, negative_start=0),
         _generate(pipe, s),
     ]
-    labels = ["no negative", "negative from step 0", f"negative from step {k}"]
+    if s.negative_start == "auto":
+        third = f"negative from step {s.auto_start} (auto)"
+    else:
+        third = f"negative from step {resolve_step(s.negative_start, s.steps, 'negative_start')}"
+    labels = ["no negative", "negative from step 0", third]
     save_png(labelled_row(images, labels), out, png_parameters(pipe, s, Comparison=" | ".join(labels)))
     print(out)
     return 0
