@@ -246,7 +246,6 @@ def page_settings(
     start is decided while sampling, watching that signal; the slider is then ignored).
     """
     from .auto import Signal
-
     from .schedulers import check_scheduler_name
 
     if not isinstance(prompt, str) or not prompt.strip():
@@ -552,7 +551,6 @@ class UI:
         from .generate import plan_negatives
 
         s = s.chosen()
-
         keys = plan_negatives(s.negative_prompt, s.steps, 1, s.negative_start, s.negative_end)
         return ["off" if key[0] is None else repr(key[0]) for key in keys]
 
@@ -690,7 +688,7 @@ class UI:
         with self._lock:
             pipe = self._pipeline(s.model, s.scheduler)
             began = time.perf_counter()
-            if s.is_auto and s.negative_prompt is not None:
+            if s.is_auto:
                 # The maps are taken with a fixed start: the one auto chooses for this seed (its image is that start's image).
                 self._image(pipe, s, progress, f"auto ({s.auto_signal}): finding the start")
             progress(0.0, desc="sampling with attention capture")
