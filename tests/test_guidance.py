@@ -64,6 +64,12 @@ def test_sigma_window():
     assert g.in_sigma_window(1.0, 0.28, None) and not g.in_sigma_window(0.2, 0.28, None)
     assert g.in_sigma_window(0.28, 0.28, 5.42) and g.in_sigma_window(5.42, 0.28, 5.42)
     assert not g.in_sigma_window(5.5, 0.28, 5.42)
+    # A1111's default minimum sigma alternates: below it, odd steps skip the negative and even ones guide.
+    assert [g.in_sigma_window(0.2, 0.28, None, step, True) for step in range(4)] == [True, False, True, False]
+    assert all(g.in_sigma_window(0.3, 0.28, None, step, True) for step in range(4))
+    assert not g.in_sigma_window(6.0, 0.28, 5.42, 0, True)  # the upper bound never alternates
+    with pytest.raises(ValueError, match="step"):
+        g.in_sigma_window(0.2, 0.28, None, None, True)
     u, c = _eps(0), _eps(1)
     assert torch.equal(g.sigma_window(None, c, 7.5, inside=False), c)
     assert torch.allclose(g.sigma_window(u, c, 7.5, inside=True), g.cfg(u, c, 7.5))
@@ -117,6 +123,13 @@ def test_rule_names_and_costs():
         g.Guidance.of(g.Guidance(g.GuidanceRule.SIGMA_WINDOW, sigma_min=2.0, sigma_max=1.0))
     with pytest.raises(InputError, match="prior"):
         g.Guidance.of(g.Guidance(g.GuidanceRule.DNG, prior=1.0))
+    # Settings the rule does not read are refused, not ignored.
+    with pytest.raises(InputError, match="sigma_min.*only acts with guidance 'sigma_window'"):
+        g.Guidance.of(g.Guidance(g.GuidanceRule.CFG, sigma_min=0.28))
+    with pytest.raises(InputError, match="negative_scale.*only acts"):
+        g.Guidance.of(g.Guidance(g.GuidanceRule.SIGMA_WINDOW, negative_scale=3.0))
+    with pytest.raises(InputError, match="sigma_min_every_other.*needs a sigma_min"):
+        g.Guidance.of(g.Guidance(g.GuidanceRule.SIGMA_WINDOW, sigma_min_every_other=True))
     costs = {r: g.Guidance(r).evaluations_per_step() for r in g.GuidanceRule}
     assert costs == {
         g.GuidanceRule.CFG: 2,

@@ -62,6 +62,42 @@ def test_timed_three_branch_rule_costs_two_before_the_start(tiny_sd):
     assert out.model_evaluations == 2 * 2 + 3 * 2
 
 
+def _a1111_ngms_loop(pipe, sigma_min: float, seed: int = 3, scale: float = 7.5) -> torch.Tensor:
+    """A1111's "Negative Guidance minimum sigma" written from scratch (its CFGDenoiser's rule, not the engine):
+    below ``sigma_min`` the negative is skipped - the positive prediction alone - on odd steps only."""
+    scheduler = pipe.scheduler
+    scheduler.set_timesteps(N)
+    generator = torch.Generator().manual_seed(seed)
+    latents = torch.randn((1, pipe.unet.config.in_channels, 16, 16), generator=generator) * scheduler.init_noise_sigma
+    ids = lambda text: pipe.tokenizer(text, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+    with torch.no_grad():
+        positive, negative = pipe.text_encoder(ids(PROMPT))[0], pipe.text_encoder(ids(NEG))[0]
+        for step, t in enumerate(scheduler.timesteps):
+            a = float(scheduler.alphas_cumprod[int(t)])
+            sigma = ((1 - a) / a) ** 0.5
+            x = scheduler.scale_model_input(latents, t)
+            if step % 2 == 1 and sigma < sigma_min:
+                eps = pipe.unet(x, t, encoder_hidden_states=positive).sample
+            else:
+                eps_neg, eps_pos = pipe.unet(torch.cat([x, x]), t, encoder_hidden_states=torch.cat([negative, positive])).sample.chunk(2)
+                eps = eps_neg + scale * (eps_pos - eps_neg)
+            latents = scheduler.step(eps, t, latents).prev_sample
+    return latents
+
+
+def test_sigma_min_every_other_is_a1111s_default(tiny_sd):
+    # Every sigma below the minimum: A1111 skips the negative on steps 1 and 3 and guides on 0 and 2.
+    g = Guidance(GuidanceRule.SIGMA_WINDOW, sigma_min=1e6, sigma_min_every_other=True)
+    out = run(tiny_sd, g)
+    assert out.model_evaluations == 2 * (N // 2) + 1 * (N // 2)
+    assert torch.allclose(out.images, _a1111_ngms_loop(tiny_sd, 1e6), atol=1e-5)
+    # The same minimum at every step ("NGMS all steps") is the positive prediction alone throughout.
+    assert run(tiny_sd, Guidance(GuidanceRule.SIGMA_WINDOW, sigma_min=1e6)).model_evaluations == N
+    # A minimum below every sigma changes nothing: the stock negative prompt.
+    ref = generate(tiny_sd, negative_prompt=NEG, generator=torch.Generator().manual_seed(3), **KW).images
+    assert torch.equal(run(tiny_sd, Guidance(GuidanceRule.SIGMA_WINDOW, sigma_min=0.0, sigma_min_every_other=True)).images, ref)
+
+
 def test_sigma_window_drops_the_unconditional_pass_outside(tiny_sd):
     # A window no sigma reaches: the positive prediction alone, one evaluation per step.
     out = run(tiny_sd, Guidance(GuidanceRule.SIGMA_WINDOW, sigma_min=1e6))

@@ -41,6 +41,7 @@ class RunSettings:
     negative_scale: float | None = None  # negative_scale / perp_neg: n; dng: lambda (None: guidance_scale)
     sigma_min: float | None = None  # sigma_window bounds (None: open on that side)
     sigma_max: float | None = None
+    sigma_min_every_other: bool = False  # sigma_window: below sigma_min, odd steps only (A1111's default)
     auto_signal: str | None = None  # with --negative-start auto: what it watches (an auto.Signal value; None = the default)
     auto_max_start: float | None = None  # with --negative-start auto: the latest start, a fraction (None = the default)
     auto_start: int | None = None  # with --negative-start auto: the step it chose (filled in after sampling)
@@ -83,6 +84,9 @@ def _add_generation_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--negative-scale", type=float, default=None, help="negative_scale/perp_neg: weight n; dng: lambda")
     p.add_argument("--sigma-min", type=float, default=None, help="sigma_window: guidance only at sigma >= this")
     p.add_argument("--sigma-max", type=float, default=None, help="sigma_window: guidance only at sigma <= this")
+    p.add_argument("--sigma-min-every-other", action="store_true",
+                   help="sigma_window: below --sigma-min drop the negative on odd steps only, as A1111's "
+                        "Negative Guidance minimum sigma does unless 'NGMS all steps' is on")
     p.add_argument("--steps", type=int, default=20, help="num_inference_steps")
     p.add_argument("--guidance-scale", "--cfg-scale", type=float, default=7.5, dest="guidance_scale")
     p.add_argument("--seed", type=int, default=0)
@@ -130,6 +134,7 @@ def _settings(args: argparse.Namespace) -> RunSettings:
         negative_scale=args.negative_scale,
         sigma_min=args.sigma_min,
         sigma_max=args.sigma_max,
+        sigma_min_every_other=args.sigma_min_every_other,
         auto_signal=args.auto_signal,
         auto_max_start=args.auto_max_start,
     )
@@ -213,7 +218,8 @@ def _auto(s: RunSettings):
 def _guidance(s: RunSettings):
     from .guidance import Guidance, GuidanceRule
 
-    g = Guidance(GuidanceRule.parse(s.guidance), negative_scale=s.negative_scale, sigma_min=s.sigma_min, sigma_max=s.sigma_max)
+    g = Guidance(GuidanceRule.parse(s.guidance), negative_scale=s.negative_scale, sigma_min=s.sigma_min, sigma_max=s.sigma_max,
+                 sigma_min_every_other=s.sigma_min_every_other)
     g.validate()
     return g
 
@@ -282,6 +288,7 @@ def png_parameters(pipe, s: RunSettings, **extra: Any) -> str:
         "Guidance": None if s.guidance in ("cfg", "timed") else s.guidance,
         "Negative scale": s.negative_scale,
         "Sigma window": None if s.sigma_min is None and s.sigma_max is None else f"[{s.sigma_min}, {s.sigma_max}]",
+        "Sigma min every other step": True if s.sigma_min_every_other else None,
         "Auto start": s.auto_start,
         "Auto signal": s.auto_signal,
         "Auto max start": s.auto_max_start,

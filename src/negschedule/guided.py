@@ -40,7 +40,6 @@ from .guidance import (
     cfg,
     dng_posterior_update,
     dynamic_negative,
-    in_sigma_window,
     negative_scale,
     perp_neg,
     sigma_of,
@@ -257,7 +256,7 @@ class GuidedSampler:
                     else:
                         eps = dynamic_negative(eps_u, eps_pos, eps_neg, w, n_scale, posterior)
                     eps = self._rescale(eps, eps_pos)
-                elif rule is GuidanceRule.SIGMA_WINDOW and not in_sigma_window(sigma_of(self.alpha_bar(t)), g.sigma_min, g.sigma_max):
+                elif not g.guides_at(sigma_of(self.alpha_bar(t)), step):
                     (eps,) = self._pass(x, state.scheduler, t, self._rows([engine._condition(key)], ["pos"]), 1)
                 else:
                     eps_first, eps_pos = self._pass(x, state.scheduler, t, engine._condition(key if active else self.off_key), 2)
