@@ -85,9 +85,18 @@ def test_break_splits_and_is_a_marker():
     assert spans("a BREAK BREAK b") == [("a", 1.0), tuple(BREAK), ("", 1.0), tuple(BREAK), ("b", 1.0)]
 
 
-def test_break_inside_brackets_still_breaks():
-    # A1111 would weight the marker too and then encode the word "BREAK" (documented difference).
-    assert spans("(a BREAK b)") == [("a", 1.1), tuple(BREAK), ("b", 1.1)]
+def test_break_inside_brackets_is_weighted_as_a1111_weights_it():
+    # A1111 multiplies the marker's -1 too; ("BREAK", -1.1) is then no break but the word, weighted.
+    assert spans("(a BREAK b)") == [("a", 1.1), ("BREAK", -1.0 * 1.1), ("b", 1.1)]
+    assert spans("[a BREAK]") == [("a", 1 / 1.1), ("BREAK", -1.0 * (1 / 1.1)), ("", 1 / 1.1)]
+    assert spans("(x:-1)BREAK y") == [("x", -1.0), ("", 1.0), tuple(BREAK), ("y", 1.0)]
+
+
+def test_weight_may_have_spaces_around_it():
+    # A1111 1.6+ reads ":\s*number\s*)" as the weight.
+    assert spans("(cat: 1.2 )") == [("cat", 1.2)]
+    assert spans("(cat:1.2 ) dog") == [("cat", 1.2), (" dog", 1.0)]
+    assert spans("(cat :1.2)") == [("cat ", 1.2)]
 
 
 def test_weight_that_is_not_a_number_is_refused():

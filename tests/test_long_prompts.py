@@ -115,6 +115,14 @@ def test_break_starts_a_new_chunk(sd):
     chunks = tokenize_chunks(sd, "a b BREAK c", sd.tokenizer)
     assert [c.length - 2 for c in chunks] == [2, 1]
     assert len(tokenize_chunks(sd, "a b BREAK", sd.tokenizer)) == 1  # no empty chunk at the end, as A1111
+    # Inside brackets A1111 weights the marker, and then it is the word "break" with weight -1.1, no break.
+    [chunk] = tokenize_chunks(sd, "(a BREAK b)", sd.tokenizer)
+    pieces = [(sd.tokenizer(word, add_special_tokens=False).input_ids, weight)
+              for word, weight in (("a", 1.1), ("BREAK", -1.0 * 1.1), ("b", 1.1))]
+    ids = [i for piece, _ in pieces for i in piece]
+    assert chunk.length == len(ids) + 2
+    assert list(chunk.ids[1 : len(ids) + 1]) == ids
+    assert list(chunk.weights[1 : len(ids) + 1]) == [w for piece, w in pieces for _ in piece]
 
 
 def test_weights_follow_the_tokens(sd):

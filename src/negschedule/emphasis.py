@@ -19,9 +19,11 @@ token embeddings, restore the mean"; so its images differ from A1111's for the s
 tokenizer and a bracket stack that tolerates unbalanced brackets, which a grammar would have to
 reject or re-create with error recovery; a 40-line scanner is the faithful and simpler choice.
 
-One deliberate difference: A1111 multiplies a ``BREAK`` marker's weight too when it stands inside
-brackets (``(a BREAK b)`` gives ``("BREAK", -1.1)``), after which it no longer recognizes it and
-encodes the word "BREAK" with a negative weight. Here ``BREAK`` always breaks.
+A1111's quirks are kept, so that a prompt copied from it encodes the same: a ``BREAK`` marker is
+a row like any other, so inside brackets its weight is multiplied too (``(a BREAK b)`` gives
+``("BREAK", -1.1)``) and then it is no longer a break but the word "BREAK" with a negative weight
+(A1111 breaks only on ``("BREAK", -1)``); a marker next to text of weight -1 merges into it.
+A weight may have spaces around it (``(cat: 1.2 )``), as in A1111 since 1.6.
 
 >>> parse_prompt_attention("an (important) word")
 [('an ', 1.0), ('important', 1.1), (' word', 1.0)]
@@ -56,7 +58,7 @@ BREAK = Span("BREAK", -1.0)
 
 # A "):weight)" closer: A1111 accepts any run of digits and dots after an optional sign, then
 # calls float() on it, so "1.2.3" matches and is refused by float (A1111 raises there too).
-_WEIGHT_CLOSE = re.compile(r":([+-]?[.\d]+)\)")
+_WEIGHT_CLOSE = re.compile(r":\s*([+-]?[.\d]+)\s*\)")
 # A run of ordinary characters: everything up to the next character with a meaning.
 _PLAIN_RUN = re.compile(r"[^\\()\[\]:]+")
 _BREAK_WORD = re.compile(r"\s*\bBREAK\b\s*", re.S)
@@ -79,21 +81,21 @@ def parse_prompt_attention(text: str, argument: str = "prompt") -> list[Span]:
     """
     if not isinstance(text, str):
         raise InputError(argument, text, "must be a string")
-    # Mutable [text, weight, is_break] rows; brackets remember the row where they opened.
+    # Mutable [text, weight] rows, BREAK markers among them as A1111 keeps them; brackets remember
+    # the row where they opened.
     rows: list[list] = []
     open_round: list[int] = []
     open_square: list[int] = []
 
     def scale_from(start: int, factor: float) -> None:
         for row in rows[start:]:
-            if not row[2]:
-                row[1] *= factor
+            row[1] *= factor
 
     def add_text(piece: str) -> None:
         for i, part in enumerate(_BREAK_WORD.split(piece)):
             if i:
-                rows.append(["BREAK", -1.0, True])
-            rows.append([part, 1.0, False])
+                rows.append(list(BREAK))
+            rows.append([part, 1.0])
 
     i, n = 0, len(text)
     while i < n:
@@ -101,10 +103,10 @@ def parse_prompt_attention(text: str, argument: str = "prompt") -> list[Span]:
         if c == "\\":
             nxt = text[i + 1] if i + 1 < n else ""
             if nxt and nxt in _ESCAPABLE:
-                rows.append([nxt, 1.0, False])
+                rows.append([nxt, 1.0])
                 i += 2
             else:
-                rows.append(["", 1.0, False])  # a lone backslash vanishes
+                rows.append(["", 1.0])  # a lone backslash vanishes
                 i += 1
         elif c == "(":
             open_round.append(len(rows))
@@ -150,12 +152,11 @@ def parse_prompt_attention(text: str, argument: str = "prompt") -> list[Span]:
         return [Span("", 1.0)]
     merged: list[list] = [rows[0]]
     for row in rows[1:]:
-        last = merged[-1]
-        if not row[2] and not last[2] and row[1] == last[1]:
-            last[0] += row[0]
+        if row[1] == merged[-1][1]:  # equal weights merge, a marker's -1 included (A1111 does)
+            merged[-1][0] += row[0]
         else:
             merged.append(row)
-    return [BREAK if brk else Span(t, w) for t, w, brk in merged]
+    return [Span(t, w) for t, w in merged]
 
 
 def has_weights(text: str) -> bool:
