@@ -49,9 +49,27 @@ def test_bench_guidance_writes_table_and_summary(tmp_path, tiny_sd, capsys):
         assert all(0.0 < t["attention"] <= 1.0 and -1.0 <= t["alignment"] <= 1.0 for t in record["trace"])
 
 
+def test_bench_guidance_only_runs_the_named_methods_and_a_per_prompt_start_is_shared(tmp_path, tiny_sd, capsys):
+    model = tmp_path / "model"
+    tiny_sd.save_pretrained(model)
+    out = tmp_path / "bench"
+    name = "auto[rollout, 2 jumps, per prompt]"
+    code = main(["bench-guidance", "--out", str(out), "--model", str(model), "--prompts", "2", "--seeds", "0,1", "--steps", "4",
+                 "--threads", "1", "--examples", "1", "--study", "--only", name])
+    assert code == 0, capsys.readouterr().err
+    methods = [r["method"] for r in csv.DictReader(open(out / "table.csv"))]
+    assert methods[-2:] == ["auto", name] and "perp_neg" not in methods
+    summary = json.loads((out / "summary.json").read_text())
+    for prompt in summary["prompts"]:
+        first, second = prompt["auto_starts"][name]
+        assert first == second and 0 <= first <= 2  # one start for the prompt's two seeds, within the cap
+
+
 def test_bench_guidance_bad_input(tmp_path, capsys):
     assert main(["bench-guidance", "--out", str(tmp_path / "b"), "--prompts", "0"]) == 2
     assert "prompts=" in capsys.readouterr().err
+    assert main(["bench-guidance", "--out", str(tmp_path / "o"), "--study", "--only", "vibes"]) == 2
+    assert "only='vibes'" in capsys.readouterr().err and not (tmp_path / "o").exists()
     assert main(["bench-guidance", "--out", str(tmp_path / "m"), "--model", str(tmp_path / "nowhere")]) == 2
     assert "model=" in capsys.readouterr().err and not (tmp_path / "m").exists()
 

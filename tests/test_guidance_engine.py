@@ -266,6 +266,59 @@ def test_auto_rollout_backtracks_bit_exact_to_a_fixed_start(tiny_sd, answers):
     assert res.model_evaluations > 2 * n  # the look-aheads are counted
 
 
+def test_pooled_start_waits_until_no_search_can_settle_earlier():
+    from negschedule.auto import pooled_start, rollout_earliest
+
+    probes = (3, 7)
+    assert rollout_earliest(probes, 10, {}) == 1  # absent at 3, present at 0: start 1
+    assert rollout_earliest(probes, 10, {3: True}) == 5
+    assert rollout_earliest(probes, 10, {3: False, 0: False}) == 10
+    assert pooled_start(probes, 10, [{3: True, 7: True}, {3: False, 0: True}]) == 1
+    assert pooled_start(probes, 10, [{3: True}, {3: False, 0: False}]) is None  # the first may still settle on 5
+    assert pooled_start(probes, 10, [{3: True, 7: False}, {3: True}]) == 5  # the other cannot go below 5
+    assert pooled_start(probes, 10, [{3: True}, {}]) is None
+
+
+@pytest.mark.parametrize(
+    "present, expected",
+    [
+        # Per call, in lock-step order. Seed A present at 1, so it probes 0 at once: absent -> A settles
+        # on 0, and B (absent at 1) can settle no earlier than 2: both start at 0, decided at step 1.
+        ((True, False, False), 0),
+        # Both absent at 1; at 3 A is absent (settles on 4) and B present (settles on 2): both start at 2.
+        ((False, False, False, True), 2),
+    ],
+    ids=["first-image-early", "second-image-earlier"],
+)
+def test_per_prompt_rollout_shares_the_earliest_start(tiny_sd, present, expected):
+    calls = []
+
+    def detector(image):
+        calls.append(image.size)
+        return present[len(calls) - 1]
+
+    n = 8  # latest start 4, probes at steps 1 and 3
+    kw = {**KW, "num_inference_steps": n}
+    auto = AutoStart(signal=Signal.ROLLOUT, detector=detector, per_prompt=True)
+    res = sample_guided(tiny_sd, "cfg", [3, 4], negative_prompt=NEG, negative_start="auto", auto=auto, **kw)
+    assert res.starts == {3: expected, 4: expected}
+    assert len(calls) == len(present)
+    # Each image is exactly the one a fixed start gives it.
+    fixed = sample_guided(tiny_sd, "cfg", [3, 4], negative_prompt=NEG, negative_start=expected, **kw)
+    for seed in (3, 4):
+        assert torch.equal(res.latents[seed], fixed.latents[seed])
+    assert res.model_evaluations == sum(res.evaluations_per_seed.values()) > 2 * 2 * n
+
+
+def test_per_prompt_is_refused_where_it_is_not_implemented(tiny_sd):
+    with pytest.raises(InputError, match="per_prompt"):
+        AutoStart(signal=Signal.ATTENTION, per_prompt=True)
+    with pytest.raises(InputError, match="callback_on_step_end"):
+        sample_guided(tiny_sd, "cfg", [3], negative_prompt=NEG, negative_start="auto",
+                      auto=AutoStart(signal=Signal.ROLLOUT, detector=lambda image: True, per_prompt=True),
+                      callback_on_step_end=lambda *a: {}, **KW)
+
+
 @pytest.mark.parametrize("scheduler", ["euler_a", "dpmpp_2m", "heun"])
 def test_auto_rollout_backtracking_restores_scheduler_and_noise_state(tiny_sd, scheduler):
     # Ancestral noise (euler_a), multistep history (dpmpp_2m) and two passes per step (heun) all

@@ -87,6 +87,12 @@ class AutoStart:
     # ROLLOUT: DDIM jumps (eta 0) of a look-ahead from the probed step to the clean image; each costs
     # 2 evaluations, but the first reuses the step's own positive prediction.
     jumps: int = 2
+    # ROLLOUT: one start per prompt instead of per image. The images sampled together (the seeds of
+    # one ``sample_guided`` call) advance in lock step, each runs its own search, and all of them
+    # take the earliest start any search settles on, as soon as no other can settle earlier: a
+    # prompt's best start is, to within a step, the earliest that any of its images needs
+    # (docs/guidance.md, "Per image or per prompt").
+    per_prompt: bool = False
 
     def __post_init__(self):
         if not isinstance(self.signal, Signal):
@@ -106,6 +112,8 @@ class AutoStart:
             raise InputError("probes", self.probes, "fractions of the latest start, each in (0, 1]")
         if self.jumps < 1:
             raise InputError("jumps", self.jumps, "must be >= 1")
+        if self.per_prompt and self.signal is not Signal.ROLLOUT:
+            raise InputError("per_prompt", self.per_prompt, f"is implemented for signal='rollout', not '{self.signal.value}'")
 
     @property
     def reads_detector(self) -> bool:
@@ -156,6 +164,35 @@ def rollout_decision(probes: tuple[int, ...], latest: int, answers: dict[int, bo
     if last_ok is None:  # nothing to probe (latest 0)
         return ("start", latest)
     return ("start", (last_ok + latest + 1) // 2)
+
+
+def rollout_earliest(probes: tuple[int, ...], latest: int, answers: dict[int, bool]) -> int:
+    """The earliest start a ROLLOUT search can still settle on, given the answers it has so far."""
+    pending = [q for q in sorted(set(probes) | {0}) if q not in answers]
+    earliest = latest
+    for mask in range(2 ** len(pending)):
+        truth = {**answers, **{q: bool(mask >> i & 1) for i, q in enumerate(pending)}}
+        known: dict[int, bool] = {}
+        while True:
+            move, step = rollout_decision(probes, latest, known)
+            if move == "start":
+                break
+            known[step] = truth[step]
+        earliest = min(earliest, step)
+    return earliest
+
+
+def pooled_start(probes: tuple[int, ...], latest: int, answers: list[dict[int, bool]]) -> int | None:
+    """The start shared by images whose ROLLOUT searches have ``answers`` so far: the earliest start
+    any of them settles on, once none can still settle earlier; None while that is open."""
+    settled, earliest = [], []
+    for known in answers:
+        move, step = rollout_decision(probes, latest, known)
+        (settled if move == "start" else earliest).append(step if move == "start" else rollout_earliest(probes, latest, known))
+    if not settled:
+        return None
+    best = min(settled)
+    return best if all(best <= e for e in earliest) else None
 
 
 def rollout_extra_bound(probes: tuple[int, ...], latest: int, jumps: int) -> int:
@@ -281,4 +318,4 @@ class _Decider:
         return self.streak >= self.settings.run
 
 
-__all__ = ["AutoStart", "Signal", "alignment", "probe_steps", "rollout_decision", "rollout_extra_bound"]
+__all__ = ["AutoStart", "Signal", "alignment", "pooled_start", "probe_steps", "rollout_decision", "rollout_earliest", "rollout_extra_bound"]

@@ -111,7 +111,9 @@ class GuidedSampler:
         if negative_prompt is not None:
             require_cfg(engine.guidance_scale)
         if self.auto is not None and engine.batch * engine.num_images_per_prompt != 1:
-            raise InputError("prompt", engine.prompt, 'negative_start="auto" decides per image: give one prompt, one image per call')
+            raise InputError("prompt", engine.prompt, 'negative_start="auto" samples one image per seed: give one prompt, one image per seed')
+        if self.auto is not None and self.auto.per_prompt and self.callback is not None:
+            raise InputError("callback_on_step_end", type(self.callback).__name__, "not with a per-prompt auto start (its images advance together)")
         self.negative_prompt = negative_prompt
         off = engine.step_keys(Run())
         # The negative's per-step keys; with "auto" the keys of a negative from step 0 (the start is decided later).
@@ -185,6 +187,8 @@ class GuidedSampler:
         if not seeds or len(set(seeds)) != len(seeds):
             raise InputError("seeds", seeds, "give at least one seed, each once")
         engine = self.engine
+        if self.auto is not None and self.auto.per_prompt:
+            return self._sample_pooled(seeds)
         images, latents, per_seed, starts, traces = {}, {}, {}, {}, {}
         before_all = engine.model_evaluations
         for seed in seeds:
@@ -398,6 +402,93 @@ class GuidedSampler:
                 self._end_of_pass(p, t, state)
                 p += 1
         return state, start, trace
+
+
+    def _sample_pooled(self, seeds: list[int]) -> GuidedResult:
+        """``auto`` with a ROLLOUT start shared by the prompt's images (``AutoStart.per_prompt``).
+
+        The seeds advance in lock step with the negative off, each keeping a snapshot of every
+        pass and running its own search (``auto.rollout_decision``) at the same probed steps; once
+        ``auto.pooled_start`` knows the earliest start any search settles on, every image goes back
+        to its snapshot of that step (if it is behind) and samples on with the negative from it.
+        Each image's passes and probes are its own UNet calls, so an image equals the one the
+        per-image loop gives at the same start.
+        """
+        from .auto import pooled_start, rollout_decision
+
+        engine = self.engine
+        decider = self.auto.decider(self, seeds[0])
+        w = engine.guidance_scale
+        timesteps = engine.timesteps
+        cond_off, cond_neg = engine._condition(self.off_key), engine._condition(self.negative_key)
+        extra = engine.pipe.prepare_extra_step_kwargs(None, engine.eta)
+        states = [engine._root(seed, self.keys[0][2]) for seed in seeds]
+        snapshots: list[dict[int, tuple]] = [{} for _ in seeds]  # per image: step -> (pass, latents, scheduler, generator state, eps_pos)
+        answers: list[dict[int, bool]] = [{} for _ in seeds]
+        traces: list[list[dict[str, float]]] = [[] for _ in seeds]
+        spent = [0] * len(seeds)
+        start: int | None = None
+        before_all = engine.model_evaluations
+        self._bar = engine.pipe.progress_bar(total=len(timesteps)) if self.progress_bar else None
+        p = 0
+        try:
+            with torch.no_grad():
+                while p < len(timesteps):
+                    t = timesteps[p]
+                    step = engine.pass_steps[p]
+                    first_pass = p == 0 or engine.pass_steps[p - 1] != step
+                    probing = start is None and first_pass
+                    on = start is not None and step >= start
+                    guided = []
+                    for i, state in enumerate(states):
+                        before = engine.model_evaluations
+                        x = state.latents
+                        eps_first, eps_pos = self._pass(x, state.scheduler, t, cond_neg if on else cond_off, 2)
+                        guided.append(self._rescale(cfg(eps_first, eps_pos, w), eps_pos))
+                        if probing:
+                            snapshots[i][step] = (p, x, copy.deepcopy(state.scheduler), state.generator.get_state(), eps_pos)
+                            while True:  # this image's search, as far as the steps sampled so far allow
+                                move, target = rollout_decision(decider.probes, decider.latest, answers[i])
+                                if move == "start" or target > step:
+                                    break
+                                q, xq, _, _, eps_q = snapshots[i][target]
+                                removed = not decider.detector(decider.decode(self._lookahead(xq, q, eps_q, decider.settings.jumps)))
+                                answers[i][target] = removed
+                                traces[i].append({"step": target, "rollout_removed": float(removed)})
+                        spent[i] += engine.model_evaluations - before
+                    if probing:
+                        start = pooled_start(decider.probes, decider.latest, answers)
+                        if start is not None and start <= step:
+                            for i, state in enumerate(states):
+                                q, xq, scheduler, gen_state, _ = snapshots[i][start]
+                                state.latents, state.scheduler = xq, copy.deepcopy(scheduler)
+                                state.generator.set_state(gen_state)
+                            p = q
+                            snapshots = [{} for _ in seeds]
+                            continue
+                    for state, eps in zip(states, guided):
+                        step_kwargs = dict(extra)
+                        if "generator" in step_kwargs:
+                            step_kwargs["generator"] = state.generator
+                        state.latents = state.scheduler.step(eps, t, state.latents, **step_kwargs, return_dict=False)[0]
+                    if self._bar is not None:
+                        self._bar.n = p + 1
+                        self._bar.refresh()
+                    p += 1
+        finally:
+            decider.close()
+            if self._bar is not None:
+                self._bar.close()
+                self._bar = None
+        images = {seed: engine.decode(state.latents, state.generator) for seed, state in zip(seeds, states)}
+        return GuidedResult(
+            images,
+            {seed: state.latents for seed, state in zip(seeds, states)},
+            engine.model_evaluations - before_all,
+            dict(zip(seeds, spent)),
+            {seed: start for seed in seeds},
+            dict(zip(seeds, traces)),
+        )
 
 
 def _check_callback(callback, tensor_inputs) -> tuple[Any, tuple[str, ...]]:

@@ -56,6 +56,7 @@ class BenchConfig:
     study: bool = False  # also run auto's candidate signals / thresholds (docs/guidance.md's study)
     threads: int = 2  # torch CPU threads
     examples: int = 4  # prompts shown in examples.png
+    only: tuple[str, ...] = ()  # run just these methods besides the sweep and "auto" (empty: all); saves time in a study
 
 
 FIXED = (0.0, 0.1, 0.2, 0.33)  # the issue's fixed starts, fractions of the steps
@@ -106,6 +107,15 @@ def methods(cfg: BenchConfig) -> dict[str, Any]:
             out[f"auto[attention {threshold}]"] = (None, "auto", AutoStart(signal=Signal.ATTENTION, attention_threshold=threshold, max_start=cfg.max_start))
         for jumps in (1, 2, 3):
             out[f"auto[rollout, {jumps} jumps]"] = (None, "auto", AutoStart(signal=Signal.ROLLOUT, jumps=jumps, max_start=cfg.max_start))
+        # One start per prompt, shared by its seeds (docs/guidance.md, "Per image or per prompt").
+        for jumps in (2, 3):
+            out[f"auto[rollout, {jumps} jumps, per prompt]"] = (
+                None, "auto", AutoStart(signal=Signal.ROLLOUT, jumps=jumps, per_prompt=True, max_start=cfg.max_start))
+    if cfg.only:
+        unknown = [name for name in cfg.only if name not in out]
+        if unknown:
+            raise InputError("only", unknown[0], "not a method of this bench; known: " + ", ".join(out))
+        out = {name: v for name, v in out.items() if name == "auto" or name in cfg.only}
     return out
 
 
@@ -215,8 +225,9 @@ def run(cfg: BenchConfig, progress=None) -> dict[str, Any]:
         per_prompt.append(record)
         if i < cfg.examples:
             s = cfg.seeds[0]
-            tiles = [baselines[s], result.image(s, 1)[0], result.image(s, 1 + oracle)[0], shown["auto"], *(shown[m] for m in ("negative_scale", "perp_neg", "sigma_window", "dng (prior 0.1, T 1)"))]
-            labels = ["no negative", "start 0", f"oracle {oracle}", f"auto {record['auto_starts']['auto'][0]}", "neg. scale", "perp-neg", "sigma win.", "dng"]
+            others = {"negative_scale": "neg. scale", "perp_neg": "perp-neg", "sigma_window": "sigma win.", "dng (prior 0.1, T 1)": "dng"}
+            tiles = [baselines[s], result.image(s, 1)[0], result.image(s, 1 + oracle)[0], shown["auto"], *(shown[m] for m in others if m in shown)]
+            labels = ["no negative", "start 0", f"oracle {oracle}", f"auto {record['auto_starts']['auto'][0]}", *(label for m, label in others.items() if m in shown)]
             examples.append((row, labelled_row(tiles, labels, min_tile=96)))
         if progress is not None:
             progress(i + 1, len(rows), time.time() - t0)
@@ -288,7 +299,8 @@ def cmd_bench_guidance(args: argparse.Namespace) -> int:
         raise InputError("steps", args.steps, "must be at least 2")
     cfg = BenchConfig(out=args.out, model=args.model, prompts=args.prompts, seeds=_seeds(args.seeds), steps=args.steps,
                       guidance_scale=args.guidance_scale, study=args.study, threads=args.threads, examples=args.examples,
-                      scene_seed=args.scene_seed)
+                      scene_seed=args.scene_seed, only=tuple(args.only))
+    methods(cfg)  # an unknown --only name fails here, before the model loads
 
     def progress(done: int, total: int, elapsed: float) -> None:
         print(f"bench-guidance: prompt {done}/{total} ({elapsed:.0f}s)", file=sys.stderr)
@@ -317,6 +329,8 @@ def register(subparsers) -> None:
                    help="first held-out scene seed (the docs' study of auto's signals used 5000000, apart from the bench's prompts)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--examples", type=int, default=4, help="prompts shown in examples.png")
+    p.add_argument("--only", action="append", default=[], help="a method to run besides the sweep and auto, once per method "
+                                                               "(default: all), e.g. --study --only 'auto[rollout, 2 jumps, per prompt]'")
     p.set_defaults(func=cmd_bench_guidance)
 
 
