@@ -310,13 +310,23 @@ def test_per_prompt_rollout_shares_the_earliest_start(tiny_sd, present, expected
     assert res.model_evaluations == sum(res.evaluations_per_seed.values()) > 2 * 2 * n
 
 
-def test_per_prompt_is_refused_where_it_is_not_implemented(tiny_sd):
+def test_per_prompt_start_is_refused_for_the_forward_signals():
     with pytest.raises(InputError, match="per_prompt"):
         AutoStart(signal=Signal.ATTENTION, per_prompt=True)
-    with pytest.raises(InputError, match="callback_on_step_end"):
-        sample_guided(tiny_sd, "cfg", [3], negative_prompt=NEG, negative_start="auto",
-                      auto=AutoStart(signal=Signal.ROLLOUT, detector=lambda image: True, per_prompt=True),
-                      callback_on_step_end=lambda *a: {}, **KW)
+
+
+def test_per_prompt_images_reach_the_callback_as_one_batch(tiny_sd):
+    seen = []
+
+    def callback(pipe, i, t, tensors):
+        seen.append(tuple(tensors["latents"].shape))
+        return {"latents": tensors["latents"] * 0 if i == N - 1 else tensors["latents"]}  # replaced after the last pass
+
+    auto = AutoStart(signal=Signal.ROLLOUT, detector=lambda image: False, per_prompt=True)
+    res = sample_guided(tiny_sd, "cfg", [3, 4], negative_prompt=NEG, negative_start="auto", auto=auto,
+                        callback_on_step_end=callback, **KW)
+    assert seen and all(shape[0] == 2 for shape in seen)
+    assert all(torch.count_nonzero(res.latents[seed]) == 0 for seed in (3, 4))  # the returned batch, split back
 
 
 @pytest.mark.parametrize("scheduler", ["euler_a", "dpmpp_2m", "heun"])

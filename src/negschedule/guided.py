@@ -112,8 +112,6 @@ class GuidedSampler:
             require_cfg(engine.guidance_scale)
         if self.auto is not None and engine.batch * engine.num_images_per_prompt != 1:
             raise InputError("prompt", engine.prompt, 'negative_start="auto" samples one image per seed: give one prompt, one image per seed')
-        if self.auto is not None and self.auto.per_prompt and self.callback is not None:
-            raise InputError("callback_on_step_end", type(self.callback).__name__, "not with a per-prompt auto start (its images advance together)")
         self.negative_prompt = negative_prompt
         off = engine.step_keys(Run())
         # The negative's per-step keys; with "auto" the keys of a negative from step 0 (the start is decided later).
@@ -186,11 +184,19 @@ class GuidedSampler:
         seeds = [int(s) for s in seeds]
         if not seeds or len(set(seeds)) != len(seeds):
             raise InputError("seeds", seeds, "give at least one seed, each once")
+        from .auto import Signal
+
         engine = self.engine
-        if self.auto is not None and self.auto.per_prompt:
-            return self._sample_pooled(seeds)
         images, latents, per_seed, starts, traces = {}, {}, {}, {}, {}
         before_all = engine.model_evaluations
+        if self.auto is not None and self.auto.signal is Signal.ROLLOUT:
+            # The look-ahead search: one start per seed, or one shared by the prompt's seeds.
+            for group in [seeds] if self.auto.per_prompt else [[seed] for seed in seeds]:
+                states, start, group_traces, spent = self._rollout(group)
+                for seed, state, trace, n in zip(group, states, group_traces, spent):
+                    latents[seed], images[seed] = state.latents, engine.decode(state.latents, state.generator)
+                    per_seed[seed], starts[seed], traces[seed] = n, start, trace
+            return GuidedResult(images, latents, engine.model_evaluations - before_all, per_seed, starts, traces)
         for seed in seeds:
             before = engine.model_evaluations
             state, start, trace = self._sample_one(seed)
@@ -219,21 +225,23 @@ class GuidedSampler:
                 self._bar.close()
                 self._bar = None
 
-    def _end_of_pass(self, p: int, t, state) -> None:
-        """After pass ``p``: the progress bar, then the user's callback (which may replace the latents)."""
+    def _end_of_pass(self, p: int, t, states: list) -> None:
+        """After pass ``p``: the progress bar, then the user's callback (which may replace the latents).
+
+        Images sampled together (a per-prompt start) reach the callback as one batch, as a stock
+        pipeline's ``num_images_per_prompt`` images do.
+        """
         if self._bar is not None:
             self._bar.n = p + 1  # not update(): a rollout that goes back runs passes again
             self._bar.refresh()
         if self.callback is not None:
-            tensors = {"latents": state.latents} if "latents" in self.callback_inputs else {}
+            tensors = {"latents": torch.cat([s.latents for s in states])} if "latents" in self.callback_inputs else {}
             returned = self.callback(self.engine.pipe, p, t, tensors) or {}
-            state.latents = returned.get("latents", state.latents)
+            if "latents" in returned:
+                for state, part in zip(states, returned["latents"].split([s.latents.shape[0] for s in states])):
+                    state.latents = part
 
     def _loop(self, state, decider, posterior, extra, cond_off):
-        from .auto import Signal
-
-        if decider is not None and decider.settings.signal is Signal.ROLLOUT:
-            return self._rollout_loop(state, decider, extra)
         engine = self.engine
         g = self.guidance
         rule = g.rule
@@ -279,7 +287,7 @@ class GuidedSampler:
                         )
                     trace.append({"step": step, "posterior": float(posterior.mean())})
                 state.latents = new
-                self._end_of_pass(p, t, state)
+                self._end_of_pass(p, t, [state])
         return state, start, trace
 
     def _auto_pass(self, decider, scheduler, x, t, step: int, start: int | None, trace: list):
@@ -348,71 +356,17 @@ class GuidedSampler:
                 xv = math.sqrt(a_next) * x0 + math.sqrt(1 - a_next) * eps
         return x0
 
-    def _rollout_loop(self, state, decider, extra):
-        """``auto`` with ``Signal.ROLLOUT``: sample with the negative off, keeping a snapshot of every
-        pass; at the probed steps, ask a look-ahead whether a negative starting there still removes
-        the concept (``auto.rollout_decision``); once the start is known, go back to its snapshot if
-        it is already behind, and sample on with the negative from it."""
-        from .auto import rollout_decision
-
-        engine = self.engine
-        w = engine.guidance_scale
-        timesteps = engine.timesteps
-        cond_off = engine._condition(self.off_key)
-        cond_neg = engine._condition(self.negative_key)
-        snapshots: dict[int, tuple] = {}  # step -> (pass index, latents, scheduler, generator state, eps_pos)
-        answers: dict[int, bool] = {}
-        start: int | None = None
-        trace: list[dict[str, float]] = []
-        p = 0
-        with torch.no_grad():
-            while p < len(timesteps):
-                t = timesteps[p]
-                step = engine.pass_steps[p]
-                x = state.latents
-                first_pass = p == 0 or engine.pass_steps[p - 1] != step
-                if start is None and first_pass:
-                    snapshots[step] = (p, x, copy.deepcopy(state.scheduler), state.generator.get_state(), None)
-                on = start is not None and step >= start
-                eps_first, eps_pos = self._pass(x, state.scheduler, t, cond_neg if on else cond_off, 2)
-                eps = self._rescale(cfg(eps_first, eps_pos, w), eps_pos)
-                if start is None and first_pass:
-                    snapshots[step] = snapshots[step][:4] + (eps_pos,)
-                    while start is None:
-                        move, target = rollout_decision(decider.probes, decider.latest, answers)
-                        if move == "probe" and target > step:
-                            break
-                        if move == "probe":
-                            q, xq, _, _, eps_q = snapshots[target]
-                            answers[target] = removed = not decider.detector(decider.decode(self._lookahead(xq, q, eps_q, decider.settings.jumps)))
-                            trace.append({"step": target, "rollout_removed": float(removed)})
-                        else:
-                            start = target
-                    if start is not None and start <= step:
-                        q, xq, scheduler, gen_state, _ = snapshots[start]
-                        state.latents, state.scheduler = xq, copy.deepcopy(scheduler)
-                        state.generator.set_state(gen_state)
-                        p = q
-                        snapshots.clear()
-                        continue
-                step_kwargs = dict(extra)
-                if "generator" in step_kwargs:
-                    step_kwargs["generator"] = state.generator
-                state.latents = state.scheduler.step(eps, t, x, **step_kwargs, return_dict=False)[0]
-                self._end_of_pass(p, t, state)
-                p += 1
-        return state, start, trace
-
-
-    def _sample_pooled(self, seeds: list[int]) -> GuidedResult:
-        """``auto`` with a ROLLOUT start shared by the prompt's images (``AutoStart.per_prompt``).
+    def _rollout(self, seeds: list[int]):
+        """``auto`` with ``Signal.ROLLOUT`` for ``seeds`` sampled together; one seed is the per-image rule.
 
         The seeds advance in lock step with the negative off, each keeping a snapshot of every
-        pass and running its own search (``auto.rollout_decision``) at the same probed steps; once
-        ``auto.pooled_start`` knows the earliest start any search settles on, every image goes back
-        to its snapshot of that step (if it is behind) and samples on with the negative from it.
-        Each image's passes and probes are its own UNet calls, so an image equals the one the
-        per-image loop gives at the same start.
+        pass; at the probed steps each asks a look-ahead whether a negative starting there still
+        removes the concept (its own search, ``auto.rollout_decision``). Once ``auto.pooled_start``
+        knows the start - the earliest any search settles on, once none can settle earlier; for
+        one seed, its own - every image goes back to its snapshot of that step if it is behind, and
+        samples on with the negative from it. Each image's passes and probes are its own UNet
+        calls, so every image equals the one a fixed start gives it. Returns the states, the start,
+        the per-seed traces and evaluations.
         """
         from .auto import pooled_start, rollout_decision
 
@@ -428,7 +382,6 @@ class GuidedSampler:
         traces: list[list[dict[str, float]]] = [[] for _ in seeds]
         spent = [0] * len(seeds)
         start: int | None = None
-        before_all = engine.model_evaluations
         self._bar = engine.pipe.progress_bar(total=len(timesteps)) if self.progress_bar else None
         p = 0
         try:
@@ -436,8 +389,7 @@ class GuidedSampler:
                 while p < len(timesteps):
                     t = timesteps[p]
                     step = engine.pass_steps[p]
-                    first_pass = p == 0 or engine.pass_steps[p - 1] != step
-                    probing = start is None and first_pass
+                    probing = start is None and (p == 0 or engine.pass_steps[p - 1] != step)  # a step's first pass
                     on = start is not None and step >= start
                     guided = []
                     for i, state in enumerate(states):
@@ -458,7 +410,7 @@ class GuidedSampler:
                         spent[i] += engine.model_evaluations - before
                     if probing:
                         start = pooled_start(decider.probes, decider.latest, answers)
-                        if start is not None and start <= step:
+                        if start is not None and start <= step:  # behind: go back to the start's snapshots
                             for i, state in enumerate(states):
                                 q, xq, scheduler, gen_state, _ = snapshots[i][start]
                                 state.latents, state.scheduler = xq, copy.deepcopy(scheduler)
@@ -471,24 +423,14 @@ class GuidedSampler:
                         if "generator" in step_kwargs:
                             step_kwargs["generator"] = state.generator
                         state.latents = state.scheduler.step(eps, t, state.latents, **step_kwargs, return_dict=False)[0]
-                    if self._bar is not None:
-                        self._bar.n = p + 1
-                        self._bar.refresh()
+                    self._end_of_pass(p, t, states)
                     p += 1
         finally:
             decider.close()
             if self._bar is not None:
                 self._bar.close()
                 self._bar = None
-        images = {seed: engine.decode(state.latents, state.generator) for seed, state in zip(seeds, states)}
-        return GuidedResult(
-            images,
-            {seed: state.latents for seed, state in zip(seeds, states)},
-            engine.model_evaluations - before_all,
-            dict(zip(seeds, spent)),
-            {seed: start for seed in seeds},
-            dict(zip(seeds, traces)),
-        )
+        return states, start, traces, spent
 
 
 def _check_callback(callback, tensor_inputs) -> tuple[Any, tuple[str, ...]]:
