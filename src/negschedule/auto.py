@@ -27,7 +27,10 @@ sample. Signals available during sampling (:class:`Signal`):
   probes forward (:func:`rollout_decision`) and, when the start it picks is behind, goes back to
   that step's snapshot. Costs ``1 + 2 (jumps - 1)`` per probe plus the replayed steps
   (:func:`rollout_extra_bound`; 1.3x at 20 steps, 2 jumps). On the toy model its blurry look-ahead
-  reads "removed" too often (docs/guidance.md), so it is a setting, not the default.
+  reads "removed" too often (docs/guidance.md), so it is a setting, not the default. With
+  ``per_prompt=True`` the images of a prompt share one start: the earliest that any of their
+  searches settles on (:func:`pooled_start`), which is how the best start of a prompt relates to
+  its images' own.
 
 Whatever the signal, the negative starts at ``max_start`` (a fraction of the steps) at the latest,
 which bounds the cost: probing with ``ALIGNMENT`` or ``ATTENTION`` costs 3 evaluations per step instead of 2 for at
