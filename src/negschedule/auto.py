@@ -169,20 +169,26 @@ def rollout_decision(probes: tuple[int, ...], latest: int, answers: dict[int, bo
     return ("start", (last_ok + latest + 1) // 2)
 
 
+def _search_with(probes: tuple[int, ...], latest: int, truth: dict[int, bool]) -> tuple[int, dict[int, bool]]:
+    """Run a ROLLOUT search to its end on the answers ``truth`` gives: its start, and the probes it asked."""
+    asked: dict[int, bool] = {}
+    while True:
+        move, step = rollout_decision(probes, latest, asked)
+        if move == "start":
+            return step, asked
+        asked[step] = truth[step]
+
+
+def _answer_patterns(probes: tuple[int, ...], known: dict[int, bool]):
+    """Every way the probes not answered in ``known`` (step 0 included) could still be answered."""
+    pending = [q for q in sorted(set(probes) | {0}) if q not in known]
+    for mask in range(2 ** len(pending)):
+        yield {**known, **{q: bool(mask >> i & 1) for i, q in enumerate(pending)}}
+
+
 def rollout_earliest(probes: tuple[int, ...], latest: int, answers: dict[int, bool]) -> int:
     """The earliest start a ROLLOUT search can still settle on, given the answers it has so far."""
-    pending = [q for q in sorted(set(probes) | {0}) if q not in answers]
-    earliest = latest
-    for mask in range(2 ** len(pending)):
-        truth = {**answers, **{q: bool(mask >> i & 1) for i, q in enumerate(pending)}}
-        known: dict[int, bool] = {}
-        while True:
-            move, step = rollout_decision(probes, latest, known)
-            if move == "start":
-                break
-            known[step] = truth[step]
-        earliest = min(earliest, step)
-    return earliest
+    return min(_search_with(probes, latest, truth)[0] for truth in _answer_patterns(probes, answers))
 
 
 def pooled_start(probes: tuple[int, ...], latest: int, answers: list[dict[int, bool]]) -> int | None:
@@ -206,18 +212,11 @@ def rollout_extra_bound(probes: tuple[int, ...], latest: int, jumps: int) -> int
     one pass per step; a two-pass scheduler (Heun) doubles the replay and the plain generation alike.
     """
     worst = 0
-    candidates = sorted(set(probes) | {0})
-    for mask in range(2 ** len(candidates)):
-        truth = {q: bool(mask >> i & 1) for i, q in enumerate(candidates)}
-        answers: dict[int, bool] = {}
-        while True:
-            move, step = rollout_decision(probes, latest, answers)
-            if move == "start":
-                break
-            answers[step] = truth[step]
-        now = max(answers, default=0)
+    for truth in _answer_patterns(probes, {}):
+        step, asked = _search_with(probes, latest, truth)
+        now = max(asked, default=0)
         replay = (now - step + 1) * 2 if step <= now else 0
-        worst = max(worst, len(answers) * (1 + 2 * (jumps - 1)) + replay)
+        worst = max(worst, len(asked) * (1 + 2 * (jumps - 1)) + replay)
     return worst
 
 
