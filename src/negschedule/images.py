@@ -8,12 +8,14 @@ target folder, then a rename, so an interrupted run never leaves half an image.
 
 from __future__ import annotations
 
+import io
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
 from PIL import Image, ImageDraw, ImageFont, PngImagePlugin
+
+from .atomic import write_bytes_atomic
 
 # Tiny models draw 32x32 images: show them at least this big, pixels kept sharp.
 MIN_TILE = 256
@@ -35,16 +37,9 @@ def save_png(image: Image.Image, path: str | os.PathLike, parameters: str | None
     info = PngImagePlugin.PngInfo()
     if parameters is not None:
         info.add_text("parameters", parameters)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            image.save(handle, format="PNG", pnginfo=info)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", pnginfo=info)
+    return write_bytes_atomic(path, buffer.getvalue(), make_folder=False)
 
 
 def upscale(image: Image.Image, min_size: int = MIN_TILE) -> Image.Image:
