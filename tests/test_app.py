@@ -187,6 +187,19 @@ def test_sweep_with_auto_adds_its_column(ui, monkeypatch):
     assert "then 2 with the auto start (alignment)" in status
 
 
+def test_sweep_with_the_rollout_shares_one_start_across_seeds(ui, pipe):
+    from negschedule.auto import AutoStart
+    from negschedule.guided import sample_guided
+
+    grid, status = ui.sweep(*core(start_rule="rollout"), "0:4:2", "0,1")
+    assert grid.size == (4 * 128, 2 * (128 + 22))
+    # The column is the library's per-prompt start for these seeds.
+    result = sample_guided(pipe, "cfg", [0, 1], negative_prompt=CORE["negative_prompt"], negative_start="auto",
+                           auto=AutoStart(signal="rollout", per_prompt=True), prompt=CORE["prompt"],
+                           num_inference_steps=CORE["steps"], guidance_scale=CORE["guidance_scale"])
+    assert f"one auto start for all seeds (rollout, per prompt: step {result.starts[0]})" in status
+
+
 def test_heatmaps_with_auto_use_the_step_it_chose(ui, pipe):
     if app.experiment("attention_maps") is None:
         pytest.skip("negschedule.attention is not installed")

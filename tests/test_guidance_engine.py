@@ -310,6 +310,12 @@ def test_per_prompt_rollout_shares_the_earliest_start(tiny_sd, present, expected
     assert res.model_evaluations == sum(res.evaluations_per_seed.values()) > 2 * 2 * n
 
 
+def test_auto_start_refuses_an_end_it_would_ignore(tiny_sd):
+    with pytest.raises(InputError, match="negative_end"):
+        run(tiny_sd, None, negative_start="auto", negative_end=2)
+    assert run(tiny_sd, None, negative_start="auto", negative_end=N).negative_start is not None  # the last step: no end
+
+
 def test_per_prompt_start_is_refused_for_the_forward_signals():
     with pytest.raises(InputError, match="per_prompt"):
         AutoStart(signal=Signal.ATTENTION, per_prompt=True)

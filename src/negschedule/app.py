@@ -615,7 +615,13 @@ class UI:
             else:
                 cells, how = self._generate_sweep(pipe, s, starts, seeds, progress), "one generate() call per image"
             titles = {seed: [f"seed {seed}: no negative"] + [f"start {k}" for k in starts] for seed in seeds}
-            if s.is_auto:  # one more column: where auto starts, beside the fixed starts it can be judged by
+            if s.is_auto and s.auto_signal == "rollout":  # the seeds share one start, as docs/guidance.md recommends
+                start, images = self._shared_auto(pipe, s, seeds, progress)
+                for seed in seeds:
+                    cells[seed].append(images[seed])
+                    titles[seed].append(f"auto: start {start} (shared)")
+                how += f", then {len(seeds)} with one auto start for all seeds (rollout, per prompt: step {start})"
+            elif s.is_auto:  # one more column: where auto starts, beside the fixed starts it can be judged by
                 for n, seed in enumerate(seeds):
                     run = replace(s, seed=seed)
                     cells[seed].append(self._image(pipe, run, progress, f"auto {n + 1}/{len(seeds)}: seed {seed}"))
@@ -625,6 +631,24 @@ class UI:
         grid = _stack(rows)
         status = f"{runs} images ({how}) in {time.perf_counter() - began:.1f} s; negative {s.negative_prompt!r}"
         return grid, status
+
+    def _shared_auto(self, pipe, s: PageSettings, seeds, progress: Progress) -> tuple[int, dict[int, Any]]:
+        """The seeds sampled together with one rollout start for all (``AutoStart(per_prompt=True)``)."""
+        from .guided import sample_guided
+
+        auto = replace(s.negative_start_argument(), per_prompt=True)
+        counter = copy.deepcopy(pipe.scheduler)  # the pass count, from a copy (as _image does)
+        counter.set_timesteps(s.steps)
+        passes = len(counter.timesteps)
+
+        def on_pass(pipeline, i, t, tensors):
+            progress((i + 1, passes), desc=f"auto: {len(seeds)} seeds together")
+            return {}
+
+        result = sample_guided(pipe, "cfg", seeds, negative_prompt=s.negative_prompt, negative_start="auto", auto=auto,
+                               negative_end=s.negative_end, prompt=s.prompt, num_inference_steps=s.steps, guidance_scale=s.guidance_scale,
+                               output_type="pil", callback_on_step_end=on_pass)
+        return result.starts[seeds[0]], {seed: result.images[seed][0] for seed in seeds}
 
     def _generate_sweep(self, pipe, s: PageSettings, starts, seeds, progress: Progress) -> dict[int, list]:
         """The sweep by looping ``generate()`` until ``negschedule.experiments.sweep`` exists."""

@@ -106,6 +106,12 @@ class GuidedSampler:
                 raise InputError("negative_start", negative_start, f'"auto" times CFG\'s negative; not combined with guidance={rule.value}')
             self.auto = auto if auto is not None else AutoStart()
             negative_start = None
+            if negative_end is not None:
+                from .schedule import resolve_step
+
+                if resolve_step(negative_end, engine.steps, "negative_end") < engine.steps:
+                    # The automatic start runs the negative to the last step; an earlier end would be ignored.
+                    raise InputError("negative_end", negative_end, 'not combined with negative_start="auto" (the negative runs to the last step)')
         if negative_prompt is None and (rule in THREE_BRANCH or self.auto is not None):
             raise InputError("negative_prompt", None, f"guidance={rule.value} needs a negative prompt")
         if negative_prompt is not None:
