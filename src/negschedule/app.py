@@ -213,6 +213,16 @@ class PageSettings:
         return _auto(self.run_settings())
 
 
+def _pass_steps(pipe, steps: int) -> list[int]:
+    """The step of each loop pass at ``steps`` steps, counted on a copy of the pipeline's scheduler
+    (the engine, under auto, samples with schedulers of its own and leaves ``pipe.scheduler`` unset)."""
+    from .passes import step_of_passes
+
+    counter = copy.deepcopy(pipe.scheduler)
+    counter.set_timesteps(steps)
+    return step_of_passes(counter)
+
+
 def _whole(value: Any, argument: str, low: int, high: int | None = None) -> int:
     if value is None or value == "":
         raise InputError(argument, value, "is empty")
@@ -474,7 +484,6 @@ class UI:
         import torch
 
         from .generate import generate
-        from .passes import step_of_passes
 
         kwargs: dict[str, Any] = dict(
             prompt=s.prompt,
@@ -490,10 +499,7 @@ class UI:
         if kwargs["negative_prompt"] is None:
             kwargs.update(negative_start=None, negative_end=None)
         steps_latents: dict[int, Any] = {}  # by step: auto's look-ahead may go back and run steps again
-        # From a copy: the engine (auto) samples with schedulers of its own and leaves pipe.scheduler unset.
-        counter = copy.deepcopy(pipe.scheduler)
-        counter.set_timesteps(s.steps)
-        pass_steps = step_of_passes(counter)
+        pass_steps = _pass_steps(pipe, s.steps)
 
         def on_pass(pipeline, i, t, tensors):
             progress((i + 1, len(pass_steps)), desc=desc)
@@ -594,6 +600,7 @@ class UI:
 
     def sweep(self, *inputs: Any, progress: Progress = _no_progress):
         """(grid, status): rows are seeds, columns the no-negative image then one per start step."""
+        from .auto import Signal
         from .images import labelled_row
 
         *core, starts_text, seeds_text = inputs
@@ -615,7 +622,7 @@ class UI:
             else:
                 cells, how = self._generate_sweep(pipe, s, starts, seeds, progress), "one generate() call per image"
             titles = {seed: [f"seed {seed}: no negative"] + [f"start {k}" for k in starts] for seed in seeds}
-            if s.is_auto and s.auto_signal == "rollout":  # the seeds share one start, as docs/guidance.md recommends
+            if s.is_auto and s.auto_signal == Signal.ROLLOUT.value:  # the seeds share one start, as docs/guidance.md recommends
                 start, images = self._shared_auto(pipe, s, seeds, progress)
                 for seed in seeds:
                     cells[seed].append(images[seed])
@@ -637,9 +644,7 @@ class UI:
         from .guided import sample_guided
 
         auto = replace(s.negative_start_argument(), per_prompt=True)
-        counter = copy.deepcopy(pipe.scheduler)  # the pass count, from a copy (as _image does)
-        counter.set_timesteps(s.steps)
-        passes = len(counter.timesteps)
+        passes = len(_pass_steps(pipe, s.steps))
 
         def on_pass(pipeline, i, t, tensors):
             progress((i + 1, passes), desc=f"auto: {len(seeds)} seeds together")

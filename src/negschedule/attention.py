@@ -176,7 +176,8 @@ class AttentionMaps:
         import io
         import json
 
-        from .experiments.store import png_bytes, write_bytes_atomic, write_json_atomic
+        from .experiments.store import write_bytes_atomic, write_json_atomic
+        from .images import png_bytes
 
         out = Path(out)
         buffer = io.BytesIO()

@@ -31,15 +31,20 @@ def a1111_parameters(prompt: str, negative_prompt: str | None, settings: dict[st
     return "\n".join(lines)
 
 
-def save_png(image: Image.Image, path: str | os.PathLike, parameters: str | None = None) -> Path:
-    """Write ``image`` to ``path`` atomically, with ``parameters`` in its PNG text chunk."""
-    path = Path(path)
+def png_bytes(image: Image.Image, parameters: str | None = None) -> bytes:
+    """PNG bytes of ``image``, with ``parameters`` (if any) as its only metadata: equal pixels and
+    parameters give equal files."""
     info = PngImagePlugin.PngInfo()
     if parameters is not None:
         info.add_text("parameters", parameters)
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", pnginfo=info)
-    return write_bytes_atomic(path, buffer.getvalue(), make_folder=False)
+    return buffer.getvalue()
+
+
+def save_png(image: Image.Image, path: str | os.PathLike, parameters: str | None = None) -> Path:
+    """Write ``image`` to ``path`` atomically, with ``parameters`` in its PNG text chunk."""
+    return write_bytes_atomic(path, png_bytes(image, parameters), make_folder=False)
 
 
 def upscale(image: Image.Image, min_size: int = MIN_TILE) -> Image.Image:

@@ -17,7 +17,8 @@ import json
 from pathlib import Path
 from typing import Any, Sequence
 
-from .store import png_bytes, write_bytes_atomic, write_json_atomic, write_text_atomic
+from ..images import png_bytes
+from .store import write_bytes_atomic, write_json_atomic, write_text_atomic
 
 CELL = 128  # grid cells are at least this many pixels wide: tiny models make 32 px images
 

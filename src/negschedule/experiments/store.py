@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ..atomic import write_bytes_atomic
+from ..images import png_bytes
 from ..errors import InputError
 
 
@@ -32,15 +33,6 @@ def write_json_atomic(path: Path, obj: Any) -> None:
 
 def write_text_atomic(path: Path, text: str) -> None:
     write_bytes_atomic(path, text.encode())
-
-
-def png_bytes(image) -> bytes:
-    """PNG bytes of a PIL image with no metadata, so equal pixels give equal files."""
-    import io
-
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 class ResultStore:
