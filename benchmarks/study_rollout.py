@@ -28,10 +28,12 @@ from negschedule.auto import AutoStart, Signal
 from negschedule.engine import Batching, Engine, EngineConfig, start_sweep_runs
 from negschedule.experiments.bench_guidance import BenchConfig, prompt_set
 from negschedule.experiments.detectors import ToyDetector
+from negschedule.experiments.metrics import ssim
 from negschedule.guided import GuidedSampler
 from negschedule.models import load_pipeline
 
 JUMPS = (1, 2, 3)
+SPACING = 1.0  # where the look-ahead's jumps land (guided._lookahead; --spacing)
 
 
 def truth_and_predictions(pipe, row, seed: int, steps: int, last: int, guidance_scale: float) -> dict:
@@ -40,7 +42,9 @@ def truth_and_predictions(pipe, row, seed: int, steps: int, last: int, guidance_
     engine = Engine(pipe, EngineConfig(batching=Batching.ALL), **common)
     result = engine.sample(start_sweep_runs(row["negative"], range(last + 1), steps), [seed])
     truth = [not detector(result.image(seed, 1 + k)[0]) for k in range(last + 1)]  # removed with a start at k
-    baseline_present = detector(result.image(seed, 0)[0])
+    baseline = result.image(seed, 0)[0]
+    baseline_present = detector(baseline)
+    ssims = [ssim(result.image(seed, 1 + k)[0], baseline) for k in range(last + 1)]  # structure kept with a start at k
 
     sampler = GuidedSampler(pipe, None, negative_prompt=row["negative"], negative_start="auto", auto=AutoStart(signal=Signal.ROLLOUT), **common)
     decider = sampler.auto.decider(sampler, seed)
@@ -56,10 +60,10 @@ def truth_and_predictions(pipe, row, seed: int, steps: int, last: int, guidance_
             eps_u, eps_pos = sampler._pass(x, state.scheduler, t, cond_off, 2)
             if p <= last:
                 for j in JUMPS:
-                    predicted[j].append(not decider.detector(decider.decode(sampler._lookahead(x, p, eps_pos, j))))
+                    predicted[j].append(not decider.detector(decider.decode(sampler._lookahead(x, p, eps_pos, j, spacing=SPACING))))
                     control[j].append(decider.detector(decider.decode(sampler._lookahead(x, p, eps_pos, j, negative=False))))
             state.latents = state.scheduler.step(eps_u + guidance_scale * (eps_pos - eps_u), t, x, **extra, return_dict=False)[0]
-    return {"truth": truth, "predicted": predicted, "control": control, "baseline_present": baseline_present}
+    return {"truth": truth, "ssim": ssims, "predicted": predicted, "control": control, "baseline_present": baseline_present}
 
 
 def critical(removed: list[bool]) -> int | None:
@@ -72,18 +76,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=None)
     parser.add_argument("--prompts", type=int, default=16)
-    parser.add_argument("--seeds", default="0,1")
+    parser.add_argument("--seeds", default="0,1", help="a list (0,1) or a range (0:4)")
     parser.add_argument("--scene-seed", type=int, default=5_000_000)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--out", default="runs/study-rollout.json")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--spacing", type=float, default=1.0, help="the look-ahead's jump spacing (1: even; 0.5: later jumps nearer the end)")
     args = parser.parse_args()
+    global SPACING
+    SPACING = args.spacing
     torch.set_num_threads(args.threads)
     pipe = load_pipeline(args.model)
     pipe.set_progress_bar_config(disable=True)
     cfg = BenchConfig(prompts=args.prompts, scene_seed=args.scene_seed, steps=args.steps)
     last = int(cfg.max_start * args.steps)
-    seeds = [int(s) for s in args.seeds.split(",")]
+    seeds = list(range(*map(int, args.seeds.split(":")))) if ":" in args.seeds else [int(s) for s in args.seeds.split(",")]
     records, t0 = [], time.time()
     for i, row in enumerate(prompt_set(cfg)):
         for seed in seeds:

@@ -240,6 +240,57 @@ def test_rollout_decision_searches_forward_then_picks_midpoints():
     assert AutoStart(signal=Signal.ROLLOUT).cost_bound(20) == pytest.approx(1.3)
 
 
+def test_rollout_verified_starts_only_where_a_look_ahead_said_removed():
+    from negschedule.auto import pooled_start, rollout_earliest, rollout_extra_bound, rollout_verified
+
+    probes = (3, 7)
+    assert rollout_verified(probes, 10, {}) == ("probe", 3)
+    assert rollout_verified(probes, 10, {3: True}) == ("probe", 7)
+    assert rollout_verified(probes, 10, {3: True, 7: False}) == ("start", 3)  # the last checked start, not 5
+    assert rollout_verified(probes, 10, {3: True, 7: True}) == ("start", 7)
+    assert rollout_verified(probes, 10, {3: False}) == ("probe", 0)
+    assert rollout_verified(probes, 10, {3: False, 0: True}) == ("start", 0)
+    assert rollout_verified(probes, 10, {3: False, 0: False}) == ("start", 10)  # no start removes it: keep structure
+    # Every start it makes was answered "removed" (or is the no-removal fallback), over all answer patterns.
+    for mask in range(8):
+        truth = {0: bool(mask & 1), 3: bool(mask & 2), 7: bool(mask & 4)}
+        asked = {}
+        while (move := rollout_verified(probes, 10, asked))[0] == "probe":
+            asked[move[1]] = truth[move[1]]
+        assert move[1] == 10 or asked[move[1]]
+    # Pooling and the cost bound take the rule: the earliest a fresh search can settle on is 0 now.
+    assert rollout_earliest(probes, 10, {}, rollout_verified) == 0
+    assert pooled_start(probes, 10, [{3: True, 7: False}, {3: True}], rollout_verified) == 3
+    # Worst case at 20 steps: probes 3 and 7 (3 evaluations each) and a replay of steps 3..7 (5 steps).
+    assert rollout_extra_bound(probes, 10, 2, rollout_verified) == 16
+    assert AutoStart(signal=Signal.ROLLOUT, choice="verified").cost_bound(20) == pytest.approx(1.4)
+
+
+def test_rollout_choice_is_checked():
+    with pytest.raises(InputError, match="choice"):
+        AutoStart(signal=Signal.ROLLOUT, choice="closest")
+    with pytest.raises(InputError, match="choice"):
+        AutoStart(signal=Signal.ATTENTION, choice="verified")  # a setting the signal does not read
+
+
+@pytest.mark.parametrize("answers, expected", [((False, True), 1), ((False, False), 3), ((True, False), 0)], ids=["middle", "late", "early"])
+def test_auto_rollout_verified_is_bit_exact_to_its_fixed_start(tiny_sd, answers, expected):
+    # 8 steps: latest 4, probes at 1 and 3 ("present" flags in probe order, as below).
+    calls = []
+
+    def detector(image):
+        calls.append(image.size)
+        return answers[min(len(calls), 2) - 1]
+
+    auto = AutoStart(signal=Signal.ROLLOUT, detector=detector, choice="verified")
+    kw = {**KW, "num_inference_steps": 8}
+    res = sample_guided(tiny_sd, "cfg", [3], negative_prompt=NEG, negative_start="auto", auto=auto, **kw)
+    assert res.starts[3] == expected
+    fixed = sample_guided(tiny_sd, "cfg", [3], negative_prompt=NEG, negative_start=expected, **kw)
+    assert torch.equal(res.latents[3], fixed.latents[3])
+    assert res.model_evaluations <= auto.cost_bound(8) * 2 * 8
+
+
 @pytest.mark.parametrize("answers", [(True, False), (False, True), (False, False), (True, True)], ids=["early", "middle", "late", "never"])
 def test_auto_rollout_backtracks_bit_exact_to_a_fixed_start(tiny_sd, answers):
     # 8 steps, max_start 0.5 -> latest 4, probes (0.3, 0.7) -> steps 1, 3 (and 0 when 1 fails).

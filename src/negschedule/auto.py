@@ -98,6 +98,11 @@ class AutoStart:
     # own search would have (from the shared start), so ``cost_bound`` is the per-image bound; on the
     # toy-world bench it cost 1.24-1.26x on average.
     per_prompt: bool = False
+    # ROLLOUT: where the search starts once a probe fails: "midpoint" (between the last probe that
+    # removes and the first that does not: nearest the critical step on average) or "verified" (the
+    # last probe that removes: a start the look-ahead checked, so more removal for a little less
+    # structure; docs/guidance.md, "Verified starts").
+    choice: str = "midpoint"
 
     def __post_init__(self):
         if not isinstance(self.signal, Signal):
@@ -117,8 +122,17 @@ class AutoStart:
             raise InputError("probes", self.probes, "fractions of the latest start, each in (0, 1]")
         if self.jumps < 1:
             raise InputError("jumps", self.jumps, "must be >= 1")
+        if self.choice not in CHOICES:
+            raise InputError("choice", self.choice, f"choose one of {', '.join(CHOICES)}")
+        if self.choice != "midpoint" and self.signal is not Signal.ROLLOUT:
+            raise InputError("choice", self.choice, f"only acts with signal='rollout', not '{self.signal.value}'")
         if self.per_prompt and self.signal is not Signal.ROLLOUT:
             raise InputError("per_prompt", self.per_prompt, f"is implemented for signal='rollout', not '{self.signal.value}'")
+
+    @property
+    def decision(self) -> "Callable[[tuple[int, ...], int, dict[int, bool]], tuple[str, int]]":
+        """The ROLLOUT search's next move for ``choice`` (:func:`rollout_decision` or :func:`rollout_verified`)."""
+        return CHOICES[self.choice]
 
     @property
     def reads_detector(self) -> bool:
@@ -131,7 +145,7 @@ class AutoStart:
             if steps is None:
                 raise InputError("steps", steps, "the rollout's cost bound depends on the number of steps")
             latest = int(self.max_start * steps)
-            return 1.0 + rollout_extra_bound(probe_steps(self.probes, latest), latest, self.jumps) / (2 * steps)
+            return 1.0 + rollout_extra_bound(probe_steps(self.probes, latest), latest, self.jumps, self.decision) / (2 * steps)
         return 1.0 + self.max_start / 2 if self.signal is not Signal.DETECTOR else 1.0
 
     def decider(self, sampler, seed: int) -> "_Decider":
@@ -171,11 +185,37 @@ def rollout_decision(probes: tuple[int, ...], latest: int, answers: dict[int, bo
     return ("start", (last_ok + latest + 1) // 2)
 
 
-def _search_with(probes: tuple[int, ...], latest: int, truth: dict[int, bool]) -> tuple[int, dict[int, bool]]:
+def rollout_verified(probes: tuple[int, ...], latest: int, answers: dict[int, bool]) -> tuple[str, int]:
+    """The next move of a ROLLOUT search that starts only where a look-ahead said "removed".
+
+    Like :func:`rollout_decision` it probes forward and stops at the first probe that fails, but it
+    starts at the last probe that succeeded instead of guessing between it and the failure: a start
+    the look-ahead checked. If the first probe fails, step 0 is asked: a start there when it
+    removes, otherwise ``latest`` (no start removes it, so keep the most structure). If every probe
+    succeeds, the last one.
+    """
+    last_ok: int | None = None
+    for q in probes:
+        if q not in answers:
+            return ("probe", q)
+        if not answers[q]:
+            if last_ok is not None:
+                return ("start", last_ok)
+            if 0 not in answers:
+                return ("probe", 0)
+            return ("start", 0 if answers[0] else latest)
+        last_ok = q
+    return ("start", latest if last_ok is None else last_ok)
+
+
+Decision = Callable[[tuple[int, ...], int, dict[int, bool]], tuple[str, int]]  # a ROLLOUT search's next move
+
+
+def _search_with(probes: tuple[int, ...], latest: int, truth: dict[int, bool], decision: Decision = rollout_decision) -> tuple[int, dict[int, bool]]:
     """Run a ROLLOUT search to its end on the answers ``truth`` gives: its start, and the probes it asked."""
     asked: dict[int, bool] = {}
     while True:
-        move, step = rollout_decision(probes, latest, asked)
+        move, step = decision(probes, latest, asked)
         if move == "start":
             return step, asked
         asked[step] = truth[step]
@@ -188,28 +228,28 @@ def _answer_patterns(probes: tuple[int, ...], known: dict[int, bool]):
         yield {**known, **{q: bool(mask >> i & 1) for i, q in enumerate(pending)}}
 
 
-def rollout_earliest(probes: tuple[int, ...], latest: int, answers: dict[int, bool]) -> int:
+def rollout_earliest(probes: tuple[int, ...], latest: int, answers: dict[int, bool], decision: Decision = rollout_decision) -> int:
     """The earliest start a ROLLOUT search can still settle on, given the answers it has so far."""
-    return min(_search_with(probes, latest, truth)[0] for truth in _answer_patterns(probes, answers))
+    return min(_search_with(probes, latest, truth, decision)[0] for truth in _answer_patterns(probes, answers))
 
 
-def pooled_start(probes: tuple[int, ...], latest: int, answers: list[dict[int, bool]]) -> int | None:
+def pooled_start(probes: tuple[int, ...], latest: int, answers: list[dict[int, bool]], decision: Decision = rollout_decision) -> int | None:
     """The start shared by images whose ROLLOUT searches have ``answers`` so far: the earliest start
     any of them settles on, once none can still settle earlier; None while that is open."""
     settled, earliest = [], []  # the starts searches chose; the earliest the others may still choose
     for known in answers:
-        move, step = rollout_decision(probes, latest, known)
+        move, step = decision(probes, latest, known)
         if move == "start":
             settled.append(step)
         else:
-            earliest.append(rollout_earliest(probes, latest, known))
+            earliest.append(rollout_earliest(probes, latest, known, decision))
     if not settled:
         return None
     best = min(settled)
     return best if all(best <= e for e in earliest) else None
 
 
-def rollout_extra_bound(probes: tuple[int, ...], latest: int, jumps: int) -> int:
+def rollout_extra_bound(probes: tuple[int, ...], latest: int, jumps: int, decision: Decision = rollout_decision) -> int:
     """The most model evaluations a ROLLOUT search adds to a plain generation, over every answer pattern.
 
     Each probe costs ``1 + 2 (jumps - 1)``; a start at or before the current step replays the
@@ -218,7 +258,7 @@ def rollout_extra_bound(probes: tuple[int, ...], latest: int, jumps: int) -> int
     """
     worst = 0
     for truth in _answer_patterns(probes, {}):
-        step, asked = _search_with(probes, latest, truth)
+        step, asked = _search_with(probes, latest, truth, decision)
         now = max(asked, default=0)
         replay = (now - step + 1) * 2 if step <= now else 0
         worst = max(worst, len(asked) * (1 + 2 * (jumps - 1)) + replay)
@@ -325,4 +365,8 @@ class _Decider:
         return self.streak >= self.settings.run
 
 
-__all__ = ["AutoStart", "Signal", "alignment", "pooled_start", "probe_steps", "rollout_decision", "rollout_earliest", "rollout_extra_bound"]
+# AutoStart.choice -> the ROLLOUT search's decision rule.
+CHOICES: dict[str, Decision] = {"midpoint": rollout_decision, "verified": rollout_verified}
+
+__all__ = ["AutoStart", "Signal", "alignment", "pooled_start", "probe_steps", "rollout_decision", "rollout_earliest",
+           "rollout_extra_bound", "rollout_verified"]

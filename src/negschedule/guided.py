@@ -333,17 +333,19 @@ class GuidedSampler:
 
     # ---- negative_start="auto" with look-ahead rollouts --------------------------------------------
 
-    def _lookahead(self, x, p: int, eps_pos: torch.Tensor, jumps: int, negative: bool = True) -> torch.Tensor:
+    def _lookahead(self, x, p: int, eps_pos: torch.Tensor, jumps: int, negative: bool = True, spacing: float = 1.0) -> torch.Tensor:
         """The clean latent reached from the latents ``x`` of pass ``p`` with the negative on from now:
         ``jumps`` DDIM jumps (eta 0) over the remaining timesteps. The first jump reuses ``eps_pos``.
-        ``negative=False``: the same look-ahead with the negative off (a control)."""
+        ``negative=False``: the same look-ahead with the negative off (a control). ``spacing``: jump
+        ``j`` lands at the ``(j / jumps) ** spacing`` share of the remaining passes (1: evenly; below
+        1: the later jumps nearer the end)."""
         engine = self.engine
         w = engine.guidance_scale
         timesteps = engine.timesteps
         cond_neg = engine._condition(self.negative_key if negative else self.off_key)
         only_neg = self._rows([cond_neg], ["neg"])
         remaining = len(timesteps) - p
-        marks = sorted({p + (j * remaining) // jumps for j in range(jumps)})
+        marks = sorted({p + (j * remaining) // jumps if spacing == 1.0 else p + int(remaining * (j / jumps) ** spacing) for j in range(jumps)})
         a = self.alpha_bar(timesteps[p])
         xv = self._vp(x, a)  # the UNet sees VP latents (what scale_model_input gives for VE schedulers)
         for j, q in enumerate(marks):
@@ -367,17 +369,18 @@ class GuidedSampler:
 
         The seeds advance in lock step with the negative off, each keeping a snapshot of every
         pass; at the probed steps each asks a look-ahead whether a negative starting there still
-        removes the concept (its own search, ``auto.rollout_decision``). Once ``auto.pooled_start``
+        removes the concept (its own search, ``AutoStart.decision``). Once ``auto.pooled_start``
         knows the start - the earliest any search settles on, once none can settle earlier; for
         one seed, its own - every image goes back to its snapshot of that step if it is behind, and
         samples on with the negative from it. Each image's passes and probes are its own UNet
         calls, so every image equals the one a fixed start gives it. Returns the states, the start,
         the per-seed traces and evaluations.
         """
-        from .auto import pooled_start, rollout_decision
+        from .auto import pooled_start
 
         engine = self.engine
         decider = self.auto.decider(self, seeds[0])
+        decide = self.auto.decision  # the search's next move (AutoStart.choice)
         w = engine.guidance_scale
         timesteps = engine.timesteps
         cond_off, cond_neg = engine._condition(self.off_key), engine._condition(self.negative_key)
@@ -406,7 +409,7 @@ class GuidedSampler:
                         if probing:
                             snapshots[i][step] = (p, x, copy.deepcopy(state.scheduler), state.generator.get_state(), eps_pos)
                             while True:  # this image's search, as far as the steps sampled so far allow
-                                move, target = rollout_decision(decider.probes, decider.latest, answers[i])
+                                move, target = decide(decider.probes, decider.latest, answers[i])
                                 if move == "start" or target > step:
                                     break
                                 q, xq, _, _, eps_q = snapshots[i][target]
@@ -415,7 +418,7 @@ class GuidedSampler:
                                 traces[i].append({"step": target, "rollout_removed": float(removed)})
                         spent[i] += engine.model_evaluations - before
                     if probing:
-                        start = pooled_start(decider.probes, decider.latest, answers)
+                        start = pooled_start(decider.probes, decider.latest, answers, decide)
                         if start is not None and start <= step:  # behind: go back to the start's snapshots
                             for i, state in enumerate(states):
                                 q, xq, scheduler, gen_state, _ = snapshots[i][start]

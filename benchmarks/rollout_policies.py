@@ -1,0 +1,98 @@
+"""Score ROLLOUT search policies offline, on the answers ``study_rollout.py`` recorded.
+
+``study_rollout.py`` records, per image and every start k in 0..max_start, the truth (does a
+negative from step k remove the concept in the 20-step image?), the SSIM of that image to the
+no-negative one, and the look-ahead's answer for 1, 2 and 3 jumps. A search policy only ever asks
+the look-ahead at the steps it probes, so every policy can be replayed on those answers and scored
+the way ``bench-guidance`` scores ``auto``: removal success (among images whose no-negative image
+shows the concept), SSIM, the share of prompts within one step of the oracle (the start with the
+most removals over the seeds, then the best SSIM), and the cost in model evaluations.
+
+Policies: ``midpoint`` (``auto.rollout_decision``: the midpoint between the last probe that removes
+and the first that does not) and ``verified`` (``auto.rollout_verified``: the last probe whose
+look-ahead removes, i.e. a start the look-ahead checked), each per image or per prompt (the
+earliest start of the prompt's images).
+
+    python benchmarks/rollout_policies.py runs/rollout-study2/bench20.json [more.json ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import defaultdict
+
+import numpy as np
+
+from negschedule.auto import probe_steps, rollout_decision, rollout_verified
+from negschedule.experiments.bench_guidance import best_start
+
+
+def search(decide, probes, latest, answers):
+    """Run a search on the recorded answers: its start and the probes it asked."""
+    asked: dict[int, bool] = {}
+    while True:
+        move, step = decide(probes, latest, asked)
+        if move == "start":
+            return step, asked
+        asked[step] = bool(answers[step])
+
+
+def score(records, decide, probes, jumps, per_prompt, steps, truth=False):
+    latest = len(records[0]["truth"]) - 1
+    by_prompt = defaultdict(list)
+    for r in records:
+        by_prompt[r["prompt"]].append(r)
+    removed, ssims, hits, starts, costs = [], [], [], [], []
+    for rs in by_prompt.values():
+        found = [search(decide, probes, latest, r["truth"] if truth else r["predicted"][str(jumps)]) for r in rs]
+        chosen = [s for s, _ in found]
+        if per_prompt:
+            chosen = [min(chosen)] * len(chosen)
+        absent = [float(np.mean([r["truth"][k] for r in rs])) for k in range(latest + 1)]
+        mean_ssim = [float(np.mean([r["ssim"][k] for r in rs])) for k in range(latest + 1)]
+        oracle = best_start(absent, mean_ssim)
+        hits.append(abs(round(float(np.mean(chosen))) - oracle) <= 1)
+        for r, k, (_, asked) in zip(rs, chosen, found):
+            if r["baseline_present"]:
+                removed.append(r["truth"][k])
+            ssims.append(r["ssim"][k])
+            starts.append(k)
+            now = max(asked, default=0) if not per_prompt else max(max(a, default=0) for _, a in found)
+            replay = (now - k + 1) * 2 if k <= now else 0
+            costs.append(1 + (len(asked) * (1 + 2 * (jumps - 1)) + replay) / (2 * steps))
+    return dict(removal=np.mean(removed), ssim=np.mean(ssims), within=np.mean(hits), start=np.mean(starts), cost=np.mean(costs))
+
+
+def fixed(records, k):
+    present = [r for r in records if r["baseline_present"]]
+    return dict(removal=np.mean([r["truth"][k] for r in present]), ssim=np.mean([r["ssim"][k] for r in records]))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("studies", nargs="+")
+    parser.add_argument("--probes", action="append", default=None, help="fractions of the latest start, e.g. 0.3,0.7 (repeatable)")
+    args = parser.parse_args()
+    probe_sets = [tuple(float(f) for f in p.split(",")) for p in (args.probes or ["0.3,0.7", "0.2,0.5", "0.2,0.5,0.8", "0.2,0.4,0.7"])]
+    for path in args.studies:
+        study = json.load(open(path))
+        records, steps = study["records"], study["args"]["steps"]
+        latest = len(records[0]["truth"]) - 1
+        print(f"\n{path}: {len(records)} images, starts 0..{latest}")
+        for k in (0, 2, 4):
+            f = fixed(records, k)
+            print(f"  start {k:<2}                                   removal {f['removal']:.3f}  SSIM {f['ssim']:.3f}")
+        for fractions in probe_sets:
+            probes = probe_steps(fractions, latest)
+            for name, decide in (("midpoint", rollout_decision), ("verified", rollout_verified)):
+                for per_prompt in (False, True):
+                    for jumps in ("truth", 2, 3):
+                        s = score(records, decide, probes, 2 if jumps == "truth" else jumps, per_prompt, steps, truth=jumps == "truth")
+                        label = f"{name:8} probes {str(probes):12} {'prompt' if per_prompt else 'image ':6} {str(jumps):5}"
+                        print(f"  {label} removal {s['removal']:.3f}  SSIM {s['ssim']:.3f}  within {s['within']:.2f}  "
+                              f"start {s['start']:.2f}  cost {s['cost']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
