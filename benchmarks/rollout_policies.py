@@ -24,18 +24,26 @@ from collections import defaultdict
 
 import numpy as np
 
-from negschedule.auto import probe_steps, rollout_decision, rollout_verified
+from negschedule.auto import pooled_start, probe_steps, rollout_decision, rollout_extra_bound, rollout_verified
 from negschedule.experiments.bench_guidance import best_start
 
 
-def search(decide, probes, latest, answers):
-    """Run a search on the recorded answers: its start and the probes it asked."""
-    asked: dict[int, bool] = {}
-    while True:
-        move, step = decide(probes, latest, asked)
-        if move == "start":
-            return step, asked
-        asked[step] = bool(answers[step])
+def lock_step(answer_lists, decide, probes, latest):
+    """Replay ``guided._rollout`` on recorded answers: images in lock step, each searching as far as
+    the steps sampled so far allow, until ``auto.pooled_start`` knows the start (one image: its own
+    search). Returns the start, each image's asked probes and the step the start was known at."""
+    asked = [dict() for _ in answer_lists]
+    for step in range(latest + 1):
+        for known, answers in zip(asked, answer_lists):
+            while True:
+                move, target = decide(probes, latest, known)
+                if move == "start" or target > step:
+                    break
+                known[target] = bool(answers[target])
+        start = pooled_start(probes, latest, asked, decide)
+        if start is not None:
+            return start, asked, step
+    raise AssertionError("every search settles by the latest start")
 
 
 def score(records, decide, probes, jumps, per_prompt, steps, truth=False):
@@ -45,22 +53,24 @@ def score(records, decide, probes, jumps, per_prompt, steps, truth=False):
         by_prompt[r["prompt"]].append(r)
     removed, ssims, hits, starts, costs = [], [], [], [], []
     for rs in by_prompt.values():
-        found = [search(decide, probes, latest, r["truth"] if truth else r["predicted"][str(jumps)]) for r in rs]
-        chosen = [s for s, _ in found]
-        if per_prompt:
-            chosen = [min(chosen)] * len(chosen)
+        answers = [r["truth"] if truth else r["predicted"][str(jumps)] for r in rs]
+        groups = [list(range(len(rs)))] if per_prompt else [[i] for i in range(len(rs))]
+        chosen = [0] * len(rs)
+        for group in groups:
+            start, asked, now = lock_step([answers[i] for i in group], decide, probes, latest)
+            for i, known in zip(group, asked):
+                chosen[i] = start
+                replay = (now - start + 1) * 2 if start <= now else 0  # the passes sampled again with the negative
+                costs.append(1 + (len(known) * (1 + 2 * (jumps - 1)) + replay) / (2 * steps))
         absent = [float(np.mean([r["truth"][k] for r in rs])) for k in range(latest + 1)]
         mean_ssim = [float(np.mean([r["ssim"][k] for r in rs])) for k in range(latest + 1)]
         oracle = best_start(absent, mean_ssim)
         hits.append(abs(round(float(np.mean(chosen))) - oracle) <= 1)
-        for r, k, (_, asked) in zip(rs, chosen, found):
+        for r, k in zip(rs, chosen):
             if r["baseline_present"]:
                 removed.append(r["truth"][k])
             ssims.append(r["ssim"][k])
             starts.append(k)
-            now = max(asked, default=0) if not per_prompt else max(max(a, default=0) for _, a in found)
-            replay = (now - k + 1) * 2 if k <= now else 0
-            costs.append(1 + (len(asked) * (1 + 2 * (jumps - 1)) + replay) / (2 * steps))
     return dict(removal=np.mean(removed), ssim=np.mean(ssims), within=np.mean(hits), start=np.mean(starts), cost=np.mean(costs))
 
 
@@ -73,6 +83,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("studies", nargs="+")
     parser.add_argument("--probes", action="append", default=None, help="fractions of the latest start, e.g. 0.3,0.7 (repeatable)")
+    parser.add_argument("--jumps", default="truth,2,3", help="the answers to replay: truth (a perfect look-ahead), 1, 2, 3")
     args = parser.parse_args()
     probe_sets = [tuple(float(f) for f in p.split(",")) for p in (args.probes or ["0.3,0.7", "0.2,0.5", "0.2,0.5,0.8", "0.2,0.4,0.7"])]
     for path in args.studies:
@@ -87,11 +98,12 @@ def main() -> None:
             probes = probe_steps(fractions, latest)
             for name, decide in (("midpoint", rollout_decision), ("verified", rollout_verified)):
                 for per_prompt in (False, True):
-                    for jumps in ("truth", 2, 3):
+                    for jumps in [j if j == "truth" else int(j) for j in args.jumps.split(",")]:
                         s = score(records, decide, probes, 2 if jumps == "truth" else jumps, per_prompt, steps, truth=jumps == "truth")
                         label = f"{name:8} probes {str(probes):12} {'prompt' if per_prompt else 'image ':6} {str(jumps):5}"
+                        bound = 1 + rollout_extra_bound(probes, latest, 2 if jumps == "truth" else jumps, decide) / (2 * steps)
                         print(f"  {label} removal {s['removal']:.3f}  SSIM {s['ssim']:.3f}  within {s['within']:.2f}  "
-                              f"start {s['start']:.2f}  cost {s['cost']:.2f}x")
+                              f"start {s['start']:.2f}  cost {s['cost']:.2f}x (at most {bound:.2f}x per image)")
 
 
 if __name__ == "__main__":

@@ -33,7 +33,6 @@ from negschedule.guided import GuidedSampler
 from negschedule.models import load_pipeline
 
 JUMPS = (1, 2, 3)
-SPACING = 1.0  # where the look-ahead's jumps land (guided._lookahead; --spacing)
 
 
 def truth_and_predictions(pipe, row, seed: int, steps: int, last: int, guidance_scale: float) -> dict:
@@ -60,7 +59,7 @@ def truth_and_predictions(pipe, row, seed: int, steps: int, last: int, guidance_
             eps_u, eps_pos = sampler._pass(x, state.scheduler, t, cond_off, 2)
             if p <= last:
                 for j in JUMPS:
-                    predicted[j].append(not decider.detector(decider.decode(sampler._lookahead(x, p, eps_pos, j, spacing=SPACING))))
+                    predicted[j].append(not decider.detector(decider.decode(sampler._lookahead(x, p, eps_pos, j))))
                     control[j].append(decider.detector(decider.decode(sampler._lookahead(x, p, eps_pos, j, negative=False))))
             state.latents = state.scheduler.step(eps_u + guidance_scale * (eps_pos - eps_u), t, x, **extra, return_dict=False)[0]
     return {"truth": truth, "ssim": ssims, "predicted": predicted, "control": control, "baseline_present": baseline_present}
@@ -81,10 +80,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--out", default="runs/study-rollout.json")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--spacing", type=float, default=1.0, help="the look-ahead's jump spacing (1: even; 0.5: later jumps nearer the end)")
     args = parser.parse_args()
-    global SPACING
-    SPACING = args.spacing
     torch.set_num_threads(args.threads)
     pipe = load_pipeline(args.model)
     pipe.set_progress_bar_config(disable=True)

@@ -450,3 +450,30 @@ def test_engine_draws_the_pipelines_progress_bar(tiny_sd, capsys):
     finally:
         tiny_sd.set_progress_bar_config(disable=True)
     assert f"{N}/{N}" in capsys.readouterr().err
+
+
+def test_rollout_policy_replay_pools_like_the_sampler():
+    # benchmarks/rollout_policies.py replays searches on recorded answers; its pooled start must be
+    # the earliest start any image's own search settles on, and its per-image cost the search's.
+    import importlib.util
+    import itertools
+    from pathlib import Path
+
+    from negschedule.auto import _search_with, rollout_decision, rollout_extra_bound, rollout_verified
+
+    path = Path(__file__).parents[1] / "benchmarks" / "rollout_policies.py"
+    spec = importlib.util.spec_from_file_location("rollout_policies", path)
+    policies = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(policies)
+    probes, latest = (3, 7), 10
+    patterns = [dict(zip((0, 3, 7), bits)) for bits in itertools.product((False, True), repeat=3)]
+    for decide in (rollout_decision, rollout_verified):
+        worst = 0
+        for a, b in itertools.product(patterns, repeat=2):
+            answers = [[a.get(k, False) for k in range(latest + 1)], [b.get(k, False) for k in range(latest + 1)]]
+            start, asked, now = policies.lock_step(answers, decide, probes, latest)
+            assert start == min(_search_with(probes, latest, p, decide)[0] for p in (a, b))
+            single, known, at = policies.lock_step(answers[:1], decide, probes, latest)
+            assert single == _search_with(probes, latest, a, decide)[0]
+            worst = max(worst, len(known[0]) * 3 + ((at - single + 1) * 2 if single <= at else 0))
+        assert worst == rollout_extra_bound(probes, latest, 2, decide)  # the replayed cost reaches the bound, never more

@@ -333,19 +333,17 @@ class GuidedSampler:
 
     # ---- negative_start="auto" with look-ahead rollouts --------------------------------------------
 
-    def _lookahead(self, x, p: int, eps_pos: torch.Tensor, jumps: int, negative: bool = True, spacing: float = 1.0) -> torch.Tensor:
+    def _lookahead(self, x, p: int, eps_pos: torch.Tensor, jumps: int, negative: bool = True) -> torch.Tensor:
         """The clean latent reached from the latents ``x`` of pass ``p`` with the negative on from now:
         ``jumps`` DDIM jumps (eta 0) over the remaining timesteps. The first jump reuses ``eps_pos``.
-        ``negative=False``: the same look-ahead with the negative off (a control). ``spacing``: jump
-        ``j`` lands at the ``(j / jumps) ** spacing`` share of the remaining passes (1: evenly; below
-        1: the later jumps nearer the end)."""
+        ``negative=False``: the same look-ahead with the negative off (a control)."""
         engine = self.engine
         w = engine.guidance_scale
         timesteps = engine.timesteps
         cond_neg = engine._condition(self.negative_key if negative else self.off_key)
         only_neg = self._rows([cond_neg], ["neg"])
         remaining = len(timesteps) - p
-        marks = sorted({p + (j * remaining) // jumps if spacing == 1.0 else p + int(remaining * (j / jumps) ** spacing) for j in range(jumps)})
+        marks = sorted({p + (j * remaining) // jumps for j in range(jumps)})
         a = self.alpha_bar(timesteps[p])
         xv = self._vp(x, a)  # the UNet sees VP latents (what scale_model_input gives for VE schedulers)
         for j, q in enumerate(marks):

@@ -111,6 +111,10 @@ def methods(cfg: BenchConfig) -> dict[str, Any]:
         for jumps in (2, 3):
             out[f"auto[rollout, {jumps} jumps, per prompt]"] = (
                 None, "auto", AutoStart(signal=Signal.ROLLOUT, jumps=jumps, per_prompt=True, max_start=cfg.max_start))
+        # Starts only where a look-ahead said "removed" (docs/guidance.md, "Verified starts").
+        for per_prompt in (False, True):
+            out["auto[rollout, 2 jumps, verified" + (", per prompt]" if per_prompt else "]")] = (
+                None, "auto", AutoStart(signal=Signal.ROLLOUT, choice="verified", per_prompt=per_prompt, max_start=cfg.max_start))
     if cfg.only:
         unknown = [name for name in cfg.only if name not in out]
         if unknown:
