@@ -53,16 +53,20 @@ def truth_and_predictions(pipe, row, seed: int, steps: int, last: int, guidance_
     extra = eng.pipe.prepare_extra_step_kwargs(None, eng.eta)
     predicted = {j: [] for j in JUMPS}
     control = {j: [] for j in JUMPS}  # the concept seen in the same look-ahead with the negative off
+    pictures = {j: [] for j in JUMPS}  # the look-aheads themselves (--images), to try other readings offline
     with torch.no_grad():
         for p, t in enumerate(eng.timesteps):
             x = state.latents
             eps_u, eps_pos = sampler._pass(x, state.scheduler, t, cond_off, 2)
             if p <= last:
                 for j in JUMPS:
-                    predicted[j].append(not decider.detector(decider.decode(sampler._lookahead(x, p, eps_pos, j))))
+                    picture = decider.decode(sampler._lookahead(x, p, eps_pos, j))
+                    pictures[j].append(np.asarray(picture.convert("RGB")))
+                    predicted[j].append(not decider.detector(picture))
                     control[j].append(decider.detector(decider.decode(sampler._lookahead(x, p, eps_pos, j, negative=False))))
             state.latents = state.scheduler.step(eps_u + guidance_scale * (eps_pos - eps_u), t, x, **extra, return_dict=False)[0]
-    return {"truth": truth, "ssim": ssims, "predicted": predicted, "control": control, "baseline_present": baseline_present}
+    return {"truth": truth, "ssim": ssims, "predicted": predicted, "control": control, "baseline_present": baseline_present,
+            "_pictures": np.stack([np.stack(pictures[j]) for j in JUMPS])}
 
 
 def critical(removed: list[bool]) -> int | None:
@@ -80,6 +84,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--out", default="runs/study-rollout.json")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--images", default=None, help="also save the look-ahead pictures here (.npz: images x jumps x starts x H x W x 3)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     pipe = load_pipeline(args.model)
@@ -107,6 +112,9 @@ def main() -> None:
               f"misses a removal {missed:.3f}); per-image critical step within one {np.mean(crit_hits):.3f}; "
               f"with the no-negative control (removed = seen there, not with the negative): agrees {agree_c:.3f}, "
               f"says removed wrongly {false_c:.3f}")
+    pictures = np.stack([r.pop("_pictures") for r in records])
+    if args.images:
+        np.savez_compressed(args.images, lookaheads=pictures, jumps=np.array(JUMPS))
     with open(args.out, "w") as f:
         json.dump({"records": records, "args": vars(args)}, f, indent=1, default=bool)
 
