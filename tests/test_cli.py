@@ -81,6 +81,8 @@ def test_compare_with_auto_labels_the_step_it_chose(tmp_path):
         (["--negative-prompt", "moon", "--negative-start", "auto", "--auto-signal", "vibes"], "auto_signal"),
         (["--negative-prompt", "moon", "--negative-start", "auto", "--auto-max-start", "1.5"], "auto_max_start"),
         (["--negative-prompt", "moon", "--negative-start", "2", "--auto-signal", "rollout"], "auto_signal"),  # needs auto
+        (["--negative-prompt", "moon", "--negative-start", "auto", "--auto-signal", "rollout", "--auto-choice", "closest"], "auto_choice"),
+        (["--negative-prompt", "moon", "--negative-start", "auto", "--auto-choice", "verified"], "auto_choice"),  # attention has no search
         (["--negative-prompt", "glasses", "--negative-start", "auto", "--auto-signal", "detector"], "auto_signal"),  # no toy word
     ],
 )
@@ -93,13 +95,16 @@ def test_bad_input_exit_2_one_line_no_file(tmp_path, capsys, args, argument):
     assert not out.exists() and list(tmp_path.iterdir()) == []
 
 
-def test_auto_settings_on_the_command_line(tmp_path, capsys):
-    """--auto-signal / --auto-max-start reach AutoStart: a detector-read rollout on the toy world, its start within the cap."""
+@pytest.mark.parametrize("choice", [None, "verified"])
+def test_auto_settings_on_the_command_line(tmp_path, capsys, choice):
+    """--auto-signal / --auto-max-start / --auto-choice reach AutoStart: a detector-read rollout on the toy world, its start within the cap."""
     common = ["--prompt", "night, a red circle", "--negative-prompt", "moon", "--negative-start", "auto", "--steps", "10", "--seed", "3"]
-    assert main(["generate", *common, "--auto-signal", "rollout", "--auto-max-start", "0.3", "--out", str(tmp_path / "r.png")]) == 0
+    extra = ["--auto-choice", choice] if choice else []
+    assert main(["generate", *common, "--auto-signal", "rollout", "--auto-max-start", "0.3", *extra, "--out", str(tmp_path / "r.png")]) == 0
     fields = Image.open(tmp_path / "r.png").text["parameters"].splitlines()[2]
     start = int(fields.split("Auto start: ")[1].split(",")[0])
     assert 0 <= start <= 3 and "Auto signal: rollout" in fields and "Auto max start: 0.3" in fields
+    assert ("Auto choice: verified" in fields) == (choice == "verified")
     # The same start given as a number is the same image: the flags changed the rule, nothing else.
     fixed = [*common[:5], str(start), *common[6:]]
     assert main(["generate", *fixed, "--out", str(tmp_path / "k.png")]) == 0

@@ -44,6 +44,7 @@ class RunSettings:
     sigma_min_every_other: bool = False  # sigma_window: below sigma_min, odd steps only (A1111's default)
     auto_signal: str | None = None  # with --negative-start auto: what it watches (an auto.Signal value; None = the default)
     auto_max_start: float | None = None  # with --negative-start auto: the latest start, a fraction (None = the default)
+    auto_choice: str | None = None  # with --auto-signal rollout: midpoint or verified (an AutoStart.choice; None = the default)
     auto_start: int | None = None  # with --negative-start auto: the step it chose (filled in after sampling)
 
 
@@ -71,6 +72,9 @@ def _add_generation_flags(p: argparse.ArgumentParser) -> None:
                         "negative_preview, rollout (the last three read the toy world's detector; docs/guidance.md)")
     p.add_argument("--auto-max-start", type=float, default=None,
                    help="with --negative-start auto, the latest start as a fraction of the steps (default 0.5)")
+    p.add_argument("--auto-choice", default=None,
+                   help="with --auto-signal rollout, where the search starts: midpoint (default: between the last probe that "
+                        "removes and the first that does not) or verified (the last probe whose look-ahead removed the concept)")
     p.add_argument(
         "--negative-window",
         nargs=3,
@@ -137,6 +141,7 @@ def _settings(args: argparse.Namespace) -> RunSettings:
         sigma_min_every_other=args.sigma_min_every_other,
         auto_signal=args.auto_signal,
         auto_max_start=args.auto_max_start,
+        auto_choice=args.auto_choice,
     )
 
 
@@ -193,7 +198,7 @@ def _auto(s: RunSettings):
     """``negative_start`` as generate() takes it: "auto" with --auto-* settings becomes an AutoStart."""
     from .auto import AutoStart
 
-    fields = {"signal": s.auto_signal, "max_start": s.auto_max_start}  # AutoStart's field -> --auto-<field>
+    fields = {"signal": s.auto_signal, "max_start": s.auto_max_start, "choice": s.auto_choice}  # AutoStart's field -> --auto-<field>
     given = {name: value for name, value in fields.items() if value is not None}
     if not given:
         return s.negative_start
@@ -292,6 +297,7 @@ def png_parameters(pipe, s: RunSettings, **extra: Any) -> str:
         "Auto start": s.auto_start,
         "Auto signal": s.auto_signal,
         "Auto max start": s.auto_max_start,
+        "Auto choice": s.auto_choice,
         **extra,
         "negschedule": __version__,
         "diffusers": diffusers.__version__,
