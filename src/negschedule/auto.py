@@ -159,6 +159,26 @@ def probe_steps(fractions: tuple[float, ...], latest: int) -> tuple[int, ...]:
     return tuple(sorted({max(1, round(f * latest)) for f in fractions})) if latest >= 1 else ()
 
 
+def _rollout_move(probes: tuple[int, ...], latest: int, answers: dict[int, bool], midpoint: bool) -> tuple[str, int]:
+    """The ROLLOUT search's walk, shared by both choices; ``midpoint`` says where it starts between probes."""
+    last_ok: int | None = None
+    for q in probes:
+        if q not in answers:
+            return ("probe", q)
+        if not answers[q]:
+            if last_ok is not None:
+                return ("start", (last_ok + q) // 2 if midpoint else last_ok)
+            if 0 not in answers:
+                return ("probe", 0)
+            if not answers[0]:
+                return ("start", latest)  # no start removes it: keep the most structure
+            return ("start", q // 2 if midpoint else 0)
+        last_ok = q
+    if last_ok is None:  # nothing to probe (latest 0)
+        return ("start", latest)
+    return ("start", (last_ok + latest + 1) // 2 if midpoint else last_ok)
+
+
 def rollout_decision(probes: tuple[int, ...], latest: int, answers: dict[int, bool]) -> tuple[str, int]:
     """The next move of the ROLLOUT search: ``("probe", step)`` or ``("start", step)``.
 
@@ -171,43 +191,18 @@ def rollout_decision(probes: tuple[int, ...], latest: int, answers: dict[int, bo
     "no start removes it" (then the latest start, which keeps the most structure). If every probe
     succeeds, the start is the midpoint of the last probe and ``latest``.
     """
-    last_ok: int | None = None
-    for q in probes:
-        if q not in answers:
-            return ("probe", q)
-        if not answers[q]:
-            if last_ok is not None:
-                return ("start", (last_ok + q) // 2)
-            if 0 not in answers:
-                return ("probe", 0)
-            return ("start", q // 2 if answers[0] else latest)
-        last_ok = q
-    if last_ok is None:  # nothing to probe (latest 0)
-        return ("start", latest)
-    return ("start", (last_ok + latest + 1) // 2)
+    return _rollout_move(probes, latest, answers, midpoint=True)
 
 
 def rollout_verified(probes: tuple[int, ...], latest: int, answers: dict[int, bool]) -> tuple[str, int]:
     """The next move of a ROLLOUT search that starts only where a look-ahead said "removed".
 
-    Like :func:`rollout_decision` it probes forward and stops at the first probe that fails, but it
-    starts at the last probe that succeeded instead of guessing between it and the failure: a start
-    the look-ahead checked. If the first probe fails, step 0 is asked: a start there when it
-    removes, otherwise ``latest`` (no start removes it, so keep the most structure). If every probe
-    succeeds, the last one.
+    The same walk as :func:`rollout_decision` (forward, to the first probe that fails; step 0 when
+    the first fails), but it starts at the last probe that succeeded instead of guessing between it
+    and the failure: a start the look-ahead checked. Step 0 when only it removes; ``latest`` when
+    nothing does (no start removes it, so keep the most structure); the last probe when all do.
     """
-    last_ok: int | None = None
-    for q in probes:
-        if q not in answers:
-            return ("probe", q)
-        if not answers[q]:
-            if last_ok is not None:
-                return ("start", last_ok)
-            if 0 not in answers:
-                return ("probe", 0)
-            return ("start", 0 if answers[0] else latest)
-        last_ok = q
-    return ("start", latest if last_ok is None else last_ok)
+    return _rollout_move(probes, latest, answers, midpoint=False)
 
 
 Decision = Callable[[tuple[int, ...], int, dict[int, bool]], tuple[str, int]]  # a ROLLOUT search's next move
