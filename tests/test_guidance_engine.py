@@ -85,6 +85,43 @@ def _a1111_ngms_loop(pipe, sigma_min: float, seed: int = 3, scale: float = 7.5) 
     return latents
 
 
+def _three_branch_loop(pipe, combine, seed: int = 3) -> torch.Tensor:
+    """A three-branch sampler written from scratch: the empty prompt, the prompt and the negative, one
+    UNet call each per step, combined by ``combine(eps_u, eps_pos, eps_neg)`` (the peer's formula)."""
+    scheduler = pipe.scheduler
+    scheduler.set_timesteps(N)
+    generator = torch.Generator().manual_seed(seed)
+    latents = torch.randn((1, pipe.unet.config.in_channels, 16, 16), generator=generator) * scheduler.init_noise_sigma
+    ids = lambda text: pipe.tokenizer(text, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+    with torch.no_grad():
+        empty, positive, negative = (pipe.text_encoder(ids(text))[0] for text in ("", PROMPT, NEG))
+        for t in scheduler.timesteps:
+            x = scheduler.scale_model_input(latents, t)
+            eps_u, eps_pos, eps_neg = (pipe.unet(x, t, encoder_hidden_states=c).sample for c in (empty, positive, negative))
+            latents = scheduler.step(combine(eps_u, eps_pos, eps_neg), t, latents).prev_sample
+    return latents
+
+
+def test_three_branch_rules_match_the_peers_loops(tiny_sd):
+    g = 7.5
+
+    def kohya(u, p, n, neg_scale=4.0):  # sd-scripts gen_img_diffusers.py with --negative_scale: "" is the real uncond
+        return u + g * (p - u) - neg_scale * (n - u)
+
+    def comfy_perp_neg(u, p, n, neg_scale=1.0):  # ComfyUI's PerpNeg, on one image: the projection over all of it
+        pos, neg = p - u, n - u
+        perp = neg - (torch.mul(neg, pos).sum() / torch.norm(pos) ** 2) * pos
+        return u + g * (pos - perp * neg_scale)
+
+    # To float rounding (the engine batches the branches; latents up to ~15, differences ~3e-5).
+    out = run(tiny_sd, Guidance(GuidanceRule.NEGATIVE_SCALE, negative_scale=4.0))
+    assert torch.allclose(out.images, _three_branch_loop(tiny_sd, kohya), atol=1e-4)
+    out = run(tiny_sd, "perp_neg")
+    assert torch.allclose(out.images, _three_branch_loop(tiny_sd, comfy_perp_neg), atol=1e-4)
+    # The loops are not trivially alike: the two rules give different images.
+    assert not torch.allclose(_three_branch_loop(tiny_sd, kohya), _three_branch_loop(tiny_sd, comfy_perp_neg), atol=1e-1)
+
+
 def test_sigma_min_every_other_is_a1111s_default(tiny_sd):
     # Every sigma below the minimum: A1111 skips the negative on steps 1 and 3 and guides on 0 and 2.
     g = Guidance(GuidanceRule.SIGMA_WINDOW, sigma_min=1e6, sigma_min_every_other=True)
