@@ -23,6 +23,8 @@ Variants:
   moon-closeup     moon-alone with that lone moon 1.6x as big (meant to make "moon" predict more moon; it did not)
   alone-big        moon-alone, and a lone shape is big in 85% and then bigger (half-width 8-11 pixels, was 5.5-7)
   alone-mid        alone-big with a milder close-up (half-width 7-9 pixels)
+  absent-named     moon-alone, and 10% of shape captions name one more shape that is not drawn (measure it with
+                   --measure-world moon-alone: its own held-out captions would name absent shapes too)
 Figures measured on this machine are in docs/toyworld.md ("World variants probed").
 """
 
@@ -116,6 +118,8 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=100, help="captions per set")
     parser.add_argument("--scenes", type=int, default=20000, help="fine-tuning data set size")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--measure-world", choices=list(world.WORLDS), default=None,
+                        help="draw the held-out captions from this world instead of the variant (for a variant whose captions are untruthful)")
     parser.add_argument("--out", required=True, help="JSON file for the figures")
     args = parser.parse_args()
     from diffusers import StableDiffusionPipeline
@@ -126,7 +130,7 @@ def main() -> None:
     pipe = StableDiffusionPipeline.from_pretrained(args.model, local_files_only=True)
     pipe.set_progress_bar_config(disable=True)
     fine_tune(pipe, variant, args.steps, args.scenes)
-    figures = {"variant": args.variant, "steps": args.steps, "n": args.n, **measure(pipe, variant, args.n, args.threads),
+    figures = {"variant": args.variant, "steps": args.steps, "n": args.n, **measure(pipe, world.WORLDS[args.measure_world] if args.measure_world else variant, args.n, args.threads),
                "seconds": round(time.time() - t0)}
     print(json.dumps(figures), flush=True)
     with open(args.out, "w") as f:

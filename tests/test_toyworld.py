@@ -230,6 +230,24 @@ def test_world_variants_change_what_they_say():
     assert all(t.strip(" ,") not in ("", "night", "day") for t in texts)  # never nothing
 
 
+def test_world_absent_named_variant_names_a_missing_shape_sometimes():
+    """absent-named: about 10% of shape captions name one more shape the picture lacks; the scenes are moon-alone's."""
+    from negschedule.toyworld.world import COLOURS, SHAPES
+
+    variant, base = WORLDS["absent-named"], WORLDS["moon-alone"]
+    scenes = [make_scene(s, world=variant) for s in range(2000)]
+    assert scenes == [make_scene(s, world=base) for s in range(2000)]  # the pictures do not change
+    rng = np.random.default_rng(0)
+    extra = []
+    for scene in (s for s in scenes if s.objects):
+        text = caption(scene, rng, variant)
+        named = [(c, sh) for c in COLOURS for sh in SHAPES if f"{c} {sh}" in text]
+        drawn = {(o.colour, o.shape) for o in scene.objects}
+        assert drawn <= set(named)  # every drawn shape is still named
+        extra.append(len(set(named) - drawn))
+    assert set(extra) == {0, 1} and 0.07 < np.mean(extra) < 0.13
+
+
 def test_world_alone_big_variant():
     """The variant trained in full (docs/toyworld.md): lone moons captioned by their word, lone shapes as close-ups."""
     alone_big = WORLDS["alone-big"]

@@ -62,6 +62,7 @@ class WorldConfig:
     big_alone: tuple[float, float] = SIZES["big"]  # half-width range of a big shape alone in its scene (a close-up)
     p_day_moon: float = 0.0  # a moon in the day sky, always named: gives the word "moon" a meaning of its own
     p_partial: float = 0.0  # share of captions that name only part of the scene (real captions are incomplete)
+    p_name_absent: float = 0.0  # share of shape captions that also name a shape the picture lacks (untruthful captions)
     p_dot_on_square: float = 0.8  # the usual attribute: most squares wear a dot
     p_name_dot: float = 0.3  # share of captions with a dotted square that name the dot
     object_count_p: tuple[float, float, float] = (0.35, 0.5, 0.15)  # probabilities of one, two, three shapes
@@ -79,6 +80,9 @@ WORLDS: dict[str, WorldConfig] = {
     "moon-closeup": WorldConfig(p_moon_alone=0.05, moon_alone_scale=1.6),
     "alone-big": WorldConfig(p_moon_alone=0.05, p_big=(0.85, 0.5, 0.5), big_alone=(8.0, 11.0)),
     "alone-mid": WorldConfig(p_moon_alone=0.05, p_big=(0.85, 0.5, 0.5), big_alone=(7.0, 9.0)),  # a milder close-up
+    # moon-alone, and 10% of shape captions name one more shape that is not drawn: a prompt's shape may
+    # then be missing, which is what lets a negative naming it remove it (docs/toyworld.md, "Limits")
+    "absent-named": WorldConfig(p_moon_alone=0.05, p_name_absent=0.1),
 }
 SHIPPED_WORLD = "moon-alone"  # the world of the model in src/negschedule/assets/toyworld
 
@@ -261,6 +265,12 @@ def caption(scene: Scene, rng: np.random.Generator | int = 0, world: WorldConfig
         keep = set(rng.choice(things, size=int(rng.integers(1, things + 1)), replace=False).tolist())
         name_moon = name_moon and (len(phrases) in keep or not scene.night)
         phrases = [ph for i, ph in enumerate(phrases) if i in keep]
+    if world.p_name_absent and rng.random() < world.p_name_absent:  # one more shape, not in the picture
+        drawn = {(o.colour, o.shape) for o in scene.objects}
+        absent = [(c, s) for c in COLOURS for s in SHAPES if (c, s) not in drawn]
+        colour, shape = absent[int(rng.integers(len(absent)))]
+        phrase = _object_phrase(Object(shape, colour, (0, 0, 0, 0)), ("small", "big")[int(rng.integers(2))], rng, False)
+        phrases.insert(int(rng.integers(len(phrases) + 1)), phrase)
     text = joiner.join(phrases)
     if name_moon:
         text = f"{text} and the moon" if text else "the moon"
