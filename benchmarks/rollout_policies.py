@@ -13,7 +13,7 @@ and the first that does not) and ``verified`` (``auto.rollout_verified``: the la
 look-ahead removes, i.e. a start the look-ahead checked), each per image or per prompt (the
 earliest start of the prompt's images).
 
-    python benchmarks/rollout_policies.py runs/rollout-study2/bench20.json [more.json ...]
+    python benchmarks/rollout_policies.py docs/results/rollout-study/bench-20x2.json [more.json ...] [--probes 0.2,0.5] [--jumps truth,2]
 """
 
 from __future__ import annotations
@@ -47,6 +47,8 @@ def lock_step(answer_lists, decide, probes, latest):
 
 
 def score(records, decide, probes, jumps, per_prompt, steps, truth=False):
+    """A policy's removal, SSIM, share of prompts within one step of the oracle, mean start and cost
+    (in plain generations), replayed on the ``jumps``-jump answers, or on the truth."""
     latest = len(records[0]["truth"]) - 1
     by_prompt = defaultdict(list)
     for r in records:
