@@ -25,6 +25,7 @@ Variants:
   alone-mid        alone-big with a milder close-up (half-width 7-9 pixels)
   absent-named     moon-alone, and 10% of shape captions name one more shape that is not drawn (measure it with
                    --measure-world moon-alone: its own held-out captions would name absent shapes too)
+  absent-named-5   the same at 5% of captions (trained in full: docs/toyworld.md)
 Figures measured on this machine are in docs/toyworld.md ("World variants probed").
 """
 
