@@ -62,16 +62,27 @@ def test_timed_three_branch_rule_costs_two_before_the_start(tiny_sd):
     assert out.model_evaluations == 2 * 2 + 3 * 2
 
 
-def _a1111_ngms_loop(pipe, sigma_min: float, seed: int = 3, scale: float = 7.5) -> torch.Tensor:
-    """A1111's "Negative Guidance minimum sigma" written from scratch (its CFGDenoiser's rule, not the engine):
-    below ``sigma_min`` the negative is skipped - the positive prediction alone - on odd steps only."""
+def _reference_start(pipe, seed: int):
+    """What a loop written from scratch starts from: the pipeline's scheduler set to N steps, the seed's
+    initial latents, and a text encoding with the pipeline's padding."""
     scheduler = pipe.scheduler
     scheduler.set_timesteps(N)
     generator = torch.Generator().manual_seed(seed)
     latents = torch.randn((1, pipe.unet.config.in_channels, 16, 16), generator=generator) * scheduler.init_noise_sigma
-    ids = lambda text: pipe.tokenizer(text, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+
+    def encode(text):
+        ids = pipe.tokenizer(text, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+        return pipe.text_encoder(ids)[0]
+
+    return scheduler, latents, encode
+
+
+def _a1111_ngms_loop(pipe, sigma_min: float, seed: int = 3, scale: float = 7.5) -> torch.Tensor:
+    """A1111's "Negative Guidance minimum sigma" written from scratch (its CFGDenoiser's rule, not the engine):
+    below ``sigma_min`` the negative is skipped - the positive prediction alone - on odd steps only."""
+    scheduler, latents, encode = _reference_start(pipe, seed)
     with torch.no_grad():
-        positive, negative = pipe.text_encoder(ids(PROMPT))[0], pipe.text_encoder(ids(NEG))[0]
+        positive, negative = encode(PROMPT), encode(NEG)
         for step, t in enumerate(scheduler.timesteps):
             a = float(scheduler.alphas_cumprod[int(t)])
             sigma = ((1 - a) / a) ** 0.5
@@ -88,13 +99,9 @@ def _a1111_ngms_loop(pipe, sigma_min: float, seed: int = 3, scale: float = 7.5) 
 def _three_branch_loop(pipe, combine, seed: int = 3) -> torch.Tensor:
     """A three-branch sampler written from scratch: the empty prompt, the prompt and the negative, one
     UNet call each per step, combined by ``combine(eps_u, eps_pos, eps_neg)`` (the peer's formula)."""
-    scheduler = pipe.scheduler
-    scheduler.set_timesteps(N)
-    generator = torch.Generator().manual_seed(seed)
-    latents = torch.randn((1, pipe.unet.config.in_channels, 16, 16), generator=generator) * scheduler.init_noise_sigma
-    ids = lambda text: pipe.tokenizer(text, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+    scheduler, latents, encode = _reference_start(pipe, seed)
     with torch.no_grad():
-        empty, positive, negative = (pipe.text_encoder(ids(text))[0] for text in ("", PROMPT, NEG))
+        empty, positive, negative = (encode(text) for text in ("", PROMPT, NEG))
         for t in scheduler.timesteps:
             x = scheduler.scale_model_input(latents, t)
             eps_u, eps_pos, eps_neg = (pipe.unet(x, t, encoder_hidden_states=c).sample for c in (empty, positive, negative))
@@ -103,6 +110,9 @@ def _three_branch_loop(pipe, combine, seed: int = 3) -> torch.Tensor:
 
 
 def test_three_branch_rules_match_the_peers_loops(tiny_sd):
+    from negschedule.schedulers import set_scheduler
+
+    set_scheduler(tiny_sd, "ddim")  # the fixture is shared: other tests leave other samplers on it
     g = 7.5
 
     def kohya(u, p, n, neg_scale=4.0):  # sd-scripts gen_img_diffusers.py with --negative_scale: "" is the real uncond
