@@ -24,7 +24,7 @@ from collections import defaultdict
 
 import numpy as np
 
-from negschedule.auto import pooled_start, probe_steps, rollout_decision, rollout_extra_bound, rollout_verified
+from negschedule.auto import pooled_start, probe_steps, rollout_decision, rollout_extra, rollout_extra_bound, rollout_verified
 from negschedule.experiments.bench_guidance import best_start
 
 
@@ -62,8 +62,7 @@ def score(records, decide, probes, jumps, per_prompt, steps, truth=False):
             start, asked, now = lock_step([answers[i] for i in group], decide, probes, latest)
             for i, known in zip(group, asked):
                 chosen[i] = start
-                replay = (now - start + 1) * 2 if start <= now else 0  # the passes sampled again with the negative
-                costs.append(1 + (len(known) * (1 + 2 * (jumps - 1)) + replay) / (2 * steps))
+                costs.append(1 + rollout_extra(len(known), start, now, jumps) / (2 * steps))
         absent = [float(np.mean([r["truth"][k] for r in rs])) for k in range(latest + 1)]
         mean_ssim = [float(np.mean([r["ssim"][k] for r in rs])) for k in range(latest + 1)]
         oracle = best_start(absent, mean_ssim)

@@ -256,10 +256,15 @@ def rollout_extra_bound(probes: tuple[int, ...], latest: int, jumps: int, decisi
     worst = 0
     for truth in _answer_patterns(probes, {}):
         step, asked = _search_with(probes, latest, truth, decision)
-        now = max(asked, default=0)
-        replay = (now - step + 1) * 2 if step <= now else 0
-        worst = max(worst, len(asked) * (1 + 2 * (jumps - 1)) + replay)
+        worst = max(worst, rollout_extra(len(asked), step, max(asked, default=0), jumps))
     return worst
+
+
+def rollout_extra(probes_asked: int, start: int, now: int, jumps: int) -> int:
+    """The model evaluations a ROLLOUT search added to one image: ``1 + 2 (jumps - 1)`` per probe, and
+    2 per pass sampled again when the start (known at step ``now``) is at or before ``now``."""
+    replay = (now - start + 1) * 2 if start <= now else 0
+    return probes_asked * (1 + 2 * (jumps - 1)) + replay
 
 
 def alignment(eps_u: torch.Tensor, eps_pos: torch.Tensor, eps_neg: torch.Tensor) -> float:
@@ -366,4 +371,4 @@ class _Decider:
 CHOICES: dict[str, Decision] = {"midpoint": rollout_decision, "verified": rollout_verified}
 
 __all__ = ["AutoStart", "Signal", "alignment", "pooled_start", "probe_steps", "rollout_decision", "rollout_earliest",
-           "rollout_extra_bound", "rollout_verified"]
+           "rollout_extra", "rollout_extra_bound", "rollout_verified"]
