@@ -116,6 +116,24 @@ def set_number(page, elem_id: str, value) -> None:
     box.blur()
 
 
+def fill_text(page, elem_id: str, value: str) -> None:
+    """Type into a text box and leave it, then wait until the box holds ``value``.
+
+    A freshly shown tab's boxes can still be settling when the first keystrokes arrive; a click
+    right after a fill that did not take runs with the default (a sweep of the default starts
+    once gave a 6-column grid here), so the value is read back before going on.
+    """
+    box = page.locator(f"#{elem_id} textarea, #{elem_id} input").first
+    box.wait_for(state="visible")
+    for attempt in range(3):
+        box.fill(value)
+        box.press("Tab")
+        page.wait_for_timeout(100)  # long enough for a box that was still mounting to reset itself
+        if box.input_value() == value:
+            return
+    raise AssertionError(f"#{elem_id} did not keep {value!r}: it holds {box.input_value()!r}")
+
+
 def loaded_images(page, selector: str, count: int) -> list[int]:
     """Wait until ``count`` images under ``selector`` have loaded; their natural widths."""
     page.wait_for_function(
@@ -141,13 +159,13 @@ def test_generate_shows_the_image_its_steps_and_saves_it(page, server, artifacts
     assert len(loaded_images(page, "#ns-steps-gallery img", 8)) >= 8
     page.screenshot(path=str(artifacts / "ui-generate.png"), full_page=True)
 
-    page.fill("#ns-file-name textarea, #ns-file-name input", "from-browser")
+    fill_text(page, "ns-file-name", "from-browser")
     page.click("#ns-save")
     page.wait_for_function("document.querySelector('#ns-status').innerText.includes('saved from-browser.png')")
     saved = server[1] / "from-browser.png"
     assert "Negative start: 2" in Image.open(saved).text["parameters"]
 
-    page.fill("#ns-file-name textarea, #ns-file-name input", "../escaped.png")
+    fill_text(page, "ns-file-name", "../escaped.png")
     page.click("#ns-save")
     page.get_by_text(re.compile(r"file_name='\.\./escaped\.png'")).first.wait_for()
     assert not (server[1].parent / "escaped.png").exists()
@@ -178,8 +196,8 @@ def test_auto_start_greys_the_slider_and_compares_at_the_step_it_chose(page, art
 
 def test_sweep_brings_back_a_grid(page, artifacts, size):
     page.get_by_role("tab", name="sweep").click()
-    page.fill("#ns-starts textarea, #ns-starts input", "0:20:5")
-    page.fill("#ns-seeds textarea, #ns-seeds input", "0,1")
+    fill_text(page, "ns-starts", "0:20:5")
+    fill_text(page, "ns-seeds", "0,1")
     page.click("#ns-sweep")
     assert loaded_images(page, "#ns-grid img", 1) == [5 * shown(size, 128)]  # no negative + 4 starts
     page.wait_for_function("document.querySelector('#ns-sweep-status').innerText.includes('10 images')")
@@ -198,7 +216,7 @@ def test_heatmaps_and_removal_curve_bring_back_images(page, artifacts):
     page.screenshot(path=str(artifacts / "ui-heatmaps.png"), full_page=True)
 
     page.get_by_role("tab", name="removal curve").click()
-    page.fill("#ns-curve-seeds textarea, #ns-curve-seeds input", "0")
+    fill_text(page, "ns-curve-seeds", "0")
     page.click("#ns-curve")
     assert len(loaded_images(page, "#ns-curve-plot img", 1)) == 1
     page.wait_for_function("document.querySelector('#ns-curve-status').innerText.includes('Critical step')")
@@ -206,12 +224,12 @@ def test_heatmaps_and_removal_curve_bring_back_images(page, artifacts):
 
 
 def test_errors_are_messages_in_a_page_that_keeps_working(page, artifacts, size):
-    page.fill("#ns-negative textarea, #ns-negative input", "[blue square")
+    fill_text(page, "ns-negative", "[blue square")
     page.click("#ns-generate")
     page.get_by_text(re.compile(r"negative_prompt='\[blue square': unbalanced")).first.wait_for()
     page.wait_for_timeout(400)  # the message slides in
     page.screenshot(path=str(artifacts / "ui-error.png"))
-    page.fill("#ns-negative textarea, #ns-negative input", "blue square")
+    fill_text(page, "ns-negative", "blue square")
     page.click("#ns-generate")
     assert loaded_images(page, "#ns-image img", 1) == [size]
 
