@@ -150,8 +150,14 @@ def auto_image(pipe, signal, **kwargs):
 def test_start_menu_offers_every_auto_signal():
     from negschedule.auto import Signal
 
+    from negschedule.auto import AutoStart
+
     values = [value for _, value in app.START_RULES]
-    assert values[0] == app.SLIDER_START and sorted(values[1:]) == sorted(s.value for s in Signal)
+    assert values[0] == app.SLIDER_START and sorted({v.partition(":")[0] for v in values[1:]}) == sorted(s.value for s in Signal)
+    for value in values[1:]:  # every entry is a setting AutoStart takes
+        signal, _, choice = value.partition(":")
+        AutoStart(signal=signal, **({"choice": choice} if choice else {}))
+    assert "rollout:verified" in values
 
 
 def test_generate_with_auto_start_is_the_library_auto_and_says_its_step(ui, pipe):
@@ -168,6 +174,24 @@ def test_generate_with_auto_start_is_the_library_auto_and_says_its_step(ui, pipe
 def test_auto_rollout_shows_each_step_once_though_it_may_go_back(ui, pipe):
     _, per_step, status = ui.generate(*core(start_rule="rollout"), True)
     assert len(per_step) == 4 and "auto (rollout) chose step" in status
+
+
+def test_verified_rollout_from_the_menu_is_the_library_rule(ui, pipe):
+    from negschedule import generate
+    from negschedule.auto import AutoStart
+
+    image, _, status = ui.generate(*core(start_rule="rollout:verified"), False)
+    out = generate(pipe, **{**{k: CORE[k] for k in ("prompt", "negative_prompt", "guidance_scale")},
+                            "num_inference_steps": CORE["steps"], "generator": torch.Generator().manual_seed(1),
+                            "negative_start": AutoStart(signal="rollout", choice="verified")})
+    assert np.array_equal(np.asarray(image), np.asarray(out.images[0]))
+    assert f"auto (rollout, verified) chose step {out.negative_start}: " in status
+    assert "Auto choice: verified" in image.info["parameters"]
+    grid, status = ui.sweep(*core(start_rule="rollout:verified"), "0:4:2", "0,1")
+    assert grid.size == (4 * 128, 2 * (128 + 22)) and "one auto start for all seeds (rollout, verified, per prompt: step" in status
+    with pytest.raises(InputError) as err:
+        app.page_settings(*core(start_rule="rollout:closest"))
+    assert err.value.argument == "start_rule"
 
 
 def test_compare_with_auto_labels_the_step_it_chose(ui, pipe):

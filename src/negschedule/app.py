@@ -47,7 +47,8 @@ _PLAIN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 # Work one click may queue: a sweep beyond this is refused rather than left running for hours.
 MAX_SWEEP_RUNS = 400
 MAX_STEPS = 150
-# The start menu: the slider's step, or auto watching one signal (the values are auto.Signal's).
+# The start menu: the slider's step, or auto watching one signal (the values are auto.Signal's,
+# with ":<AutoStart.choice>" where the rollout's search offers more than its default rule).
 SLIDER_START = "slider"
 START_RULES = [
     ("step k (the slider)", SLIDER_START),
@@ -56,6 +57,7 @@ START_RULES = [
     ("auto: toy detector on the x0 preview", "detector"),
     ("auto: toy detector, negative's x0", "negative_preview"),
     ("auto: look-ahead (rollout)", "rollout"),
+    ("auto: look-ahead (rollout), verified starts", "rollout:verified"),
 ]
 
 Progress = Callable[..., Any]  # gr.Progress, or any callable taking (fraction | (i, n), desc=...)
@@ -171,10 +173,16 @@ class PageSettings:
     seed: int
     auto_signal: str | None = None  # with negative_start "auto": what it watches (an auto.Signal value)
     auto_start: int | None = None  # with negative_start "auto": the step it chose (filled in by sampling)
+    auto_choice: str | None = None  # with the rollout signal: its search's rule (an AutoStart.choice; None = the default)
 
     @property
     def is_auto(self) -> bool:
         return self.negative_start == "auto"
+
+    @property
+    def auto_rule(self) -> str | None:
+        """What auto watches, as labels say it: "alignment", "rollout, verified"."""
+        return self.auto_signal if self.auto_choice is None else f"{self.auto_signal}, {self.auto_choice}"
 
     def chosen(self) -> "PageSettings":
         """These settings with auto's chosen start as a fixed one (what the run did, step by step)."""
@@ -196,6 +204,7 @@ class PageSettings:
             model=None if self.model == DEFAULT_MODEL else self.model,
             auto_signal=self.auto_signal,
             auto_start=self.auto_start,
+            auto_choice=self.auto_choice,
         )
 
     def timed(self, **timing: Any) -> "PageSettings":
@@ -204,7 +213,7 @@ class PageSettings:
             return self
         if timing.get("negative_prompt", self.negative_prompt) is None:
             timing = {**timing, "negative_start": None, "negative_end": None}
-        return replace(self, **timing, auto_signal=None, auto_start=None)
+        return replace(self, **timing, auto_signal=None, auto_start=None, auto_choice=None)
 
     def negative_start_argument(self):
         """``negative_start`` as generate() takes it (an AutoStart for "auto")."""
@@ -253,9 +262,9 @@ def page_settings(
     """Check the core options; an empty negative prompt means none (and the sliders are then ignored).
 
     ``start_rule``: ``SLIDER_START`` (the start slider's step) or an ``auto.Signal`` value (the
-    start is decided while sampling, watching that signal; the slider is then ignored).
+    start is decided while sampling, watching that signal; the slider is then ignored), optionally
+    followed by ":" and an ``AutoStart.choice`` ("rollout:verified").
     """
-    from .auto import Signal
     from .schedulers import check_scheduler_name
 
     if not isinstance(prompt, str) or not prompt.strip():
@@ -272,18 +281,19 @@ def page_settings(
         raise InputError("guidance_scale", guidance_scale, "must be a number") from None
     if not math.isfinite(scale):
         raise InputError("guidance_scale", guidance_scale, "must be a finite number")
-    signals = [signal.value for signal in Signal]
+    rules = [value for _, value in START_RULES]
     if start_rule in (None, ""):
         start_rule = SLIDER_START
-    if start_rule != SLIDER_START and start_rule not in signals:
-        raise InputError("start_rule", start_rule, f"choose {SLIDER_START} or auto with one of {', '.join(signals)}")
+    if start_rule not in rules:
+        raise InputError("start_rule", start_rule, f"choose one of {', '.join(rules)}")
     negative = negative_prompt if isinstance(negative_prompt, str) and negative_prompt.strip() else None
-    start = end = signal = None
+    start = end = signal = choice = None
     if negative is not None:
         if start_rule == SLIDER_START:
             start = _whole(negative_start, "negative_start", 0, steps_n)
         else:
-            start, signal = "auto", start_rule
+            signal, _, choice = start_rule.partition(":")
+            start, choice = "auto", choice or None
             if cfg_off:
                 raise InputError("cfg_off", True, "the auto start keeps CFG on; untick 'CFG off' or use the slider's start")
         end = _whole(negative_end, "negative_end", 0, steps_n) if negative_end not in (None, "") else steps_n
@@ -300,6 +310,7 @@ def page_settings(
         guidance_scale=scale,
         seed=seed_n,
         auto_signal=signal,
+        auto_choice=choice,
     )
     if settings.is_auto:
         settings.negative_start_argument()  # a signal that cannot read this negative fails before loading
@@ -315,8 +326,8 @@ def step_plan(s: PageSettings) -> str:
         return f"steps 0-{s.steps - 1}: CFG with the empty prompt (no negative)"
     if s.is_auto:
         if s.auto_start is None:
-            return f"the negative {s.negative_prompt!r} from the step auto chooses while sampling ({s.auto_signal})"
-        return f"auto ({s.auto_signal}) chose step {s.auto_start}: " + step_plan(s.chosen())
+            return f"the negative {s.negative_prompt!r} from the step auto chooses while sampling ({s.auto_rule})"
+        return f"auto ({s.auto_rule}) chose step {s.auto_start}: " + step_plan(s.chosen())
     keys = plan_negatives(s.negative_prompt, s.steps, 1, s.negative_start, s.negative_end)
     parts, first = [], 0
     for step in range(1, s.steps + 1):
@@ -572,7 +583,7 @@ class UI:
         s = page_settings(*core)
         if s.negative_prompt is None:
             raise InputError("negative_prompt", None, "the comparison needs a negative prompt")
-        k = f"auto ({s.auto_signal})" if s.is_auto else s.negative_start
+        k = f"auto ({s.auto_rule})" if s.is_auto else s.negative_start
         labels = ["no negative", "negative from step 0", f"negative from step {k}"]
         timings = [dict(negative_prompt=None), dict(negative_start=0), {}]
         images, strips = [], []
@@ -583,7 +594,7 @@ class UI:
                 result = self._image(pipe, s, progress, f"{n + 1}/3: {label}", record_steps=bool(show_steps), **timing)
                 image, per_step = result if show_steps else (result, [])
                 if s.is_auto and not timing:
-                    labels[n] = label = f"negative from step {s.auto_start} (auto, {s.auto_signal})"
+                    labels[n] = label = f"negative from step {s.auto_start} (auto, {s.auto_rule})"
                 images.append(self._tag(pipe, s.timed(**timing), image, Comparison=label))
                 strips.append(per_step)
         row = labelled_row(images, labels)
@@ -627,13 +638,13 @@ class UI:
                 for seed in seeds:
                     cells[seed].append(images[seed])
                     titles[seed].append(f"auto: start {start} (shared)")
-                how += f", then {len(seeds)} with one auto start for all seeds (rollout, per prompt: step {start})"
+                how += f", then {len(seeds)} with one auto start for all seeds ({s.auto_rule}, per prompt: step {start})"
             elif s.is_auto:  # one more column: where auto starts, beside the fixed starts it can be judged by
                 for n, seed in enumerate(seeds):
                     run = replace(s, seed=seed)
                     cells[seed].append(self._image(pipe, run, progress, f"auto {n + 1}/{len(seeds)}: seed {seed}"))
                     titles[seed].append(f"auto: start {run.auto_start}")
-                how += f", then {len(seeds)} with the auto start ({s.auto_signal})"
+                how += f", then {len(seeds)} with the auto start ({s.auto_rule})"
         rows = [labelled_row(cells[seed], titles[seed], min_tile=128) for seed in seeds]
         grid = _stack(rows)
         status = f"{runs} images ({how}) in {time.perf_counter() - began:.1f} s; negative {s.negative_prompt!r}"
@@ -719,7 +730,7 @@ class UI:
             began = time.perf_counter()
             if s.is_auto:
                 # The maps are taken with a fixed start: the one auto chooses for this seed (its image is that start's image).
-                self._image(pipe, s, progress, f"auto ({s.auto_signal}): finding the start")
+                self._image(pipe, s, progress, f"auto ({s.auto_rule}): finding the start")
             progress(0.0, desc="sampling with attention capture")
             maps = attention_maps(
                 pipe,
