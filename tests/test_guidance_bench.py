@@ -87,3 +87,44 @@ def test_best_start_prefers_removal_then_structure_then_the_earlier_start():
     assert best_start([1.0, 1.0, 0.5, 0.0], [0.3, 0.5, 0.7, 0.9]) == 1  # the latest start that still removes as often
     assert best_start([0.0, 0.0, 0.0], [0.3, 0.6, 0.6]) == 1  # nothing removes: the best structure, earliest on ties
     assert best_start([0.5, 0.0, 1.0], [0.9, 0.9, 0.1]) == 2  # removal first, whatever the structure
+
+
+def test_bench_guidance_resumes_after_an_interrupt_and_ends_as_an_uninterrupted_run(tmp_path, tiny_sd, capsys, monkeypatch):
+    import negschedule.experiments.bench_guidance as bench
+
+    model = tmp_path / "model"
+    tiny_sd.save_pretrained(model)
+    args = ["--model", str(model), "--prompts", "3", "--seeds", "0", "--steps", "4", "--threads", "1", "--examples", "2",
+            "--study", "--only", "perp_neg"]
+    assert main(["bench-guidance", "--out", str(tmp_path / "whole"), *args]) == 0
+    real, calls = bench._bench_prompt, []
+
+    def interrupted_at_the_second(pipe, cfg, row, *rest, **kw):
+        calls.append(row["prompt"])
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(pipe, cfg, row, *rest, **kw)
+
+    monkeypatch.setattr(bench, "_bench_prompt", interrupted_at_the_second)
+    out = tmp_path / "resumed"
+    capsys.readouterr()
+    assert main(["bench-guidance", "--out", str(out), *args]) == 130
+    assert "run the same command again to resume" in capsys.readouterr().err
+    assert sorted(p.name for p in (out / "units").iterdir()) == ["prompt-0000.json"] and not (out / "table.csv").exists()
+
+    redone = []
+    monkeypatch.setattr(bench, "_bench_prompt", lambda pipe, cfg, row, *rest, **kw: redone.append(row["prompt"]) or real(pipe, cfg, row, *rest, **kw))
+    assert main(["bench-guidance", "--out", str(out), *args]) == 0
+    assert redone == calls[1:] + [r["prompt"] for r in bench.prompt_set(bench.BenchConfig(prompts=3))][2:]  # the first prompt is read back
+    assert "prompt 1/3 (read back from an earlier run)" in capsys.readouterr().err
+    assert (out / "table.csv").read_bytes() == (tmp_path / "whole" / "table.csv").read_bytes()
+    whole, resumed = (json.loads((d / "summary.json").read_text()) for d in (tmp_path / "whole", out))
+    for summary in (whole, resumed):
+        summary.pop("wall_s"), summary["config"].pop("out")
+    assert resumed == whole
+    assert (out / "examples.png").read_bytes() == (tmp_path / "whole" / "examples.png").read_bytes()
+
+    # Other settings into the same folder: refused, naming the folder, nothing changed.
+    other = [("1" if previous == "--examples" else a) for previous, a in zip([None, *args], args)]
+    assert main(["bench-guidance", "--out", str(out), *other]) == 2
+    assert "out=" in capsys.readouterr().err

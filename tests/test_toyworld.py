@@ -306,3 +306,40 @@ def test_training_uses_its_world_and_refuses_to_resume_with_another(tmp_path):
     with pytest.raises(InputError, match="--world='nope'"):
         train(dataclasses.replace(cfg, world="nope", out=str(tmp_path / "new")))
     assert not (tmp_path / "new").exists()
+
+
+def test_toy_eval_resumes_after_an_interrupt_and_ends_as_an_uninterrupted_run(tmp_path, capsys, monkeypatch):
+    """toy eval stores every measured point; a rerun samples only what is missing and writes the same figures."""
+    import negschedule.toyworld.evaluate as evaluation
+    from negschedule.cli import main
+
+    args = ["--n", "4", "--steps", "2", "--starts", "0,1", "--batch", "4", "--threads", "1"]
+    whole = tmp_path / "whole"
+    assert main(["toy", "eval", *args, "--out", str(whole)]) == 0
+    real, calls = evaluation.sample, []
+
+    def counted(pipe, prompts, seeds, cfg, negative=None, start=0):
+        calls.append((tuple(prompts), negative if isinstance(negative, str) else None if negative is None else "list", start))
+        if len(calls) == 4:  # the first negative naming an unrequested shape
+            raise KeyboardInterrupt
+        return real(pipe, prompts, seeds, cfg, negative=negative, start=start)
+
+    monkeypatch.setattr(evaluation, "sample", counted)
+    out = tmp_path / "resumed"
+    capsys.readouterr()
+    assert main(["toy", "eval", *args, "--out", str(out)]) == 130
+    assert "run the same command again to resume" in capsys.readouterr().err
+    assert not (out / "eval.json").exists()
+    first = len(calls)
+    assert main(["toy", "eval", *args, "--out", str(out)]) == 0
+    # Again: the no-negative two-shape images (the comparison for the interrupted point), then the
+    # points not yet measured: unrequested shape from 0 and 1, night no-negative, moon from 0 and 1.
+    assert [(c[1], c[2]) for c in calls[first:]] == [(None, 0), ("list", 0), ("list", 1), (None, 0), ("moon", 0), ("moon", 1)]
+    figures = [json.loads((d / "eval.json").read_text()) for d in (whole, out)]
+    for f in figures:
+        f.pop("seconds"), f["config"].pop("out")
+    assert figures[0] == figures[1]
+    for grid in ("negative_object.png", "negative_moon.png"):
+        assert (out / grid).read_bytes() == (whole / grid).read_bytes()
+    assert main(["toy", "eval", *args[:-2], "--threads", "1", "--scheduler", "euler", "--out", str(out)]) == 2  # another experiment
+    assert "out=" in capsys.readouterr().err

@@ -381,8 +381,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# What a verb whose work is stored as it finishes says when interrupted (its parser's ``interrupted`` default).
+RESUMABLE = "interrupted; run the same command again to resume"
+
+
 def run(parser: argparse.ArgumentParser, argv: list[str] | None = None, interrupted: str = "interrupted") -> int:
-    """Parse ``argv`` and run the chosen verb: bad input is one line on stderr and exit code 2."""
+    """Parse ``argv`` and run the chosen verb: bad input is one line on stderr and exit code 2; an
+    interrupt one line too, telling a resumable verb's user how to go on."""
     # transformers warns at import that torchvision is absent; it does not concern our users.
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     args = parser.parse_args(argv)
@@ -392,7 +397,7 @@ def run(parser: argparse.ArgumentParser, argv: list[str] | None = None, interrup
         print(f"negschedule {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"negschedule: {interrupted}", file=sys.stderr)
+        print(f"negschedule: {getattr(args, 'interrupted', None) or interrupted}", file=sys.stderr)
         return 130
 
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import time
 from dataclasses import asdict, dataclass
@@ -38,7 +39,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..cli import RESUMABLE
 from ..errors import InputError
+from .store import write_text_atomic
 
 
 @dataclass
@@ -170,20 +173,93 @@ def _summarize(method: str, cells: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def run(cfg: BenchConfig, progress=None) -> dict[str, Any]:
-    """Run the bench; writes the table, the summary and the examples, returns the summary."""
+def _plain(value: Any) -> Any:
+    """``value`` with numpy scalars as Python ones: what a unit's JSON record holds, read back alike."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _settings(cfg: BenchConfig) -> dict[str, Any]:
+    """What the results depend on: a rerun into the same folder resumes only with these unchanged."""
+    return {k: v for k, v in asdict(cfg).items() if k not in ("out", "threads")}
+
+
+def _bench_prompt(pipe, cfg: BenchConfig, row: dict[str, Any], todo: dict[str, Any], fixed: dict[str, int], example: bool):
+    """One prompt's work, every method on every seed: (cells by method, the prompt's record, the example row or None)."""
     from ..engine import Batching, Engine, EngineConfig, start_sweep_runs
     from ..guided import sample_guided
     from ..images import labelled_row
-    from ..models import load_pipeline
     from ..toyworld import detect
+
+    n = cfg.steps
+    last = int(cfg.max_start * n)
+    common = dict(num_inference_steps=n, guidance_scale=cfg.guidance_scale, output_type="pil")
+    cells: dict[str, list[dict[str, Any]]] = {name: [] for name in ["no negative", *fixed, "oracle", *todo]}
+    # All live branches in one UNet call: several times faster on CPU; equal to independent runs to ~1e-6.
+    engine = Engine(pipe, EngineConfig(batching=Batching.ALL), prompt=row["prompt"], **common)
+    runs = start_sweep_runs(row["negative"], range(last + 1), n)
+    result = engine.sample(runs, cfg.seeds)
+    sweep_cost = result.model_evaluations / len(cfg.seeds)
+    baselines = {s: result.image(s, 0)[0] for s in cfg.seeds}
+    base_objects = {s: detect(baselines[s]) for s in cfg.seeds}
+    sweep = {s: [_measure(result.image(s, 1 + k)[0], baselines[s], base_objects[s], row) for k in range(last + 1)] for s in cfg.seeds}
+    # Oracle: the start with the most removals over the seeds (fewest appearances), then the best SSIM.
+    absent = {s: [float(not c["present"]) for c in sweep[s]] for s in cfg.seeds}
+    ssims = {s: [c["ssim"] for c in sweep[s]] for s in cfg.seeds}
+    mean_absent = [float(np.mean([absent[s][k] for s in cfg.seeds])) for k in range(last + 1)]
+    mean_ssim = [float(np.mean([ssims[s][k] for s in cfg.seeds])) for k in range(last + 1)]
+    oracle = best_start(mean_absent, mean_ssim)
+    for s in cfg.seeds:
+        cells["no negative"].append({**_measure(baselines[s], baselines[s], base_objects[s], row), "evaluations": 2 * n, "start": None})
+        for name, k in fixed.items():
+            cells[name].append({**sweep[s][k], "evaluations": 2 * n, "start": k})
+        cells["oracle"].append({**sweep[s][oracle], "evaluations": sweep_cost, "start": oracle})
+    record = {**row, "oracle": oracle, "image_oracles": [best_start(absent[s], ssims[s]) for s in cfg.seeds], "auto_starts": {},
+              "sweep_absent": mean_absent, "sweep_ssim": mean_ssim}
+    shown = {}
+    for name, (guidance, start, auto) in todo.items():
+        res = sample_guided(pipe, guidance, cfg.seeds, negative_prompt=row["negative"], negative_start=start, auto=auto, prompt=row["prompt"], **common)
+        for s in cfg.seeds:
+            image = res.images[s][0]
+            cell = {**_measure(image, baselines[s], base_objects[s], row), "evaluations": res.evaluations_per_seed[s], "start": res.starts.get(s)}
+            cells[name].append(cell)
+            if s == cfg.seeds[0]:
+                shown[name] = image
+        if name.startswith("auto"):
+            record["auto_starts"][name] = [res.starts[s] for s in cfg.seeds]
+    tile = None
+    if example:
+        s = cfg.seeds[0]
+        others = {"negative_scale": "neg. scale", "perp_neg": "perp-neg", "sigma_window": "sigma win.", "dng (prior 0.1, T 1)": "dng"}
+        tiles = [baselines[s], result.image(s, 1)[0], result.image(s, 1 + oracle)[0], shown["auto"], *(shown[m] for m in others if m in shown)]
+        labels = ["no negative", "start 0", f"oracle {oracle}", f"auto {record['auto_starts']['auto'][0]}", *(label for m, label in others.items() if m in shown)]
+        tile = labelled_row(tiles, labels, min_tile=96)
+    return _plain(cells), _plain(record), tile
+
+
+def run(cfg: BenchConfig, progress=None) -> dict[str, Any]:
+    """Run the bench; writes the table, the summary and the examples, returns the summary.
+
+    Each prompt is a unit of ``store.ResultStore`` in ``cfg.out``: its figures are on disk as soon
+    as it is done, and a rerun of the same settings into the same folder picks up after the last
+    finished prompt and writes the same table and summary an uninterrupted run does (all but
+    ``wall_s``, the clock of the run that finished it).
+    """
+    from ..models import load_pipeline
+    from .store import ResultStore
 
     torch.set_num_threads(cfg.threads)
     t0 = time.time()
+    store = ResultStore(cfg.out)
     pipe = load_pipeline(cfg.model)  # before the folder is made: a bad --model leaves nothing on disk
     pipe.set_progress_bar_config(disable=True)
+    store.open(_settings(cfg))
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
     n = cfg.steps
     last = int(cfg.max_start * n)
     fixed = {f"start {int(f * n)} ({f:.0%})": int(f * n) for f in FIXED}
@@ -192,56 +268,32 @@ def run(cfg: BenchConfig, progress=None) -> dict[str, Any]:
     cells: dict[str, list[dict[str, Any]]] = {name: [] for name in ["no negative", *fixed, "oracle", *todo]}
     per_prompt: list[dict[str, Any]] = []
     examples = []
-    common = dict(num_inference_steps=n, guidance_scale=cfg.guidance_scale, output_type="pil")
     for i, row in enumerate(rows):
-        # All live branches in one UNet call: several times faster on CPU; equal to independent runs to ~1e-6.
-        engine = Engine(pipe, EngineConfig(batching=Batching.ALL), prompt=row["prompt"], **common)
-        runs = start_sweep_runs(row["negative"], range(last + 1), n)
-        result = engine.sample(runs, cfg.seeds)
-        sweep_cost = result.model_evaluations / len(cfg.seeds)
-        baselines = {s: result.image(s, 0)[0] for s in cfg.seeds}
-        base_objects = {s: detect(baselines[s]) for s in cfg.seeds}
-        sweep = {s: [_measure(result.image(s, 1 + k)[0], baselines[s], base_objects[s], row) for k in range(last + 1)] for s in cfg.seeds}
-        # Oracle: the start with the most removals over the seeds (fewest appearances), then the best SSIM.
-        absent = {s: [float(not c["present"]) for c in sweep[s]] for s in cfg.seeds}
-        ssims = {s: [c["ssim"] for c in sweep[s]] for s in cfg.seeds}
-        mean_absent = [float(np.mean([absent[s][k] for s in cfg.seeds])) for k in range(last + 1)]
-        mean_ssim = [float(np.mean([ssims[s][k] for s in cfg.seeds])) for k in range(last + 1)]
-        oracle = best_start(mean_absent, mean_ssim)
-        for s in cfg.seeds:
-            cells["no negative"].append({**_measure(baselines[s], baselines[s], base_objects[s], row), "evaluations": 2 * n, "start": None})
-            for name, k in fixed.items():
-                cells[name].append({**sweep[s][k], "evaluations": 2 * n, "start": k})
-            cells["oracle"].append({**sweep[s][oracle], "evaluations": sweep_cost, "start": oracle})
-        record = {**row, "oracle": oracle, "image_oracles": [best_start(absent[s], ssims[s]) for s in cfg.seeds], "auto_starts": {},
-                  "sweep_absent": mean_absent, "sweep_ssim": mean_ssim}
-        shown = {}
-        for name, (guidance, start, auto) in todo.items():
-            res = sample_guided(pipe, guidance, cfg.seeds, negative_prompt=row["negative"], negative_start=start, auto=auto, prompt=row["prompt"], **common)
-            for s in cfg.seeds:
-                image = res.images[s][0]
-                cell = {**_measure(image, baselines[s], base_objects[s], row), "evaluations": res.evaluations_per_seed[s], "start": res.starts.get(s)}
-                cells[name].append(cell)
-                if s == cfg.seeds[0]:
-                    shown[name] = image
-            if name.startswith("auto"):
-                record["auto_starts"][name] = [res.starts[s] for s in cfg.seeds]
-        per_prompt.append(record)
-        if i < cfg.examples:
-            s = cfg.seeds[0]
-            others = {"negative_scale": "neg. scale", "perp_neg": "perp-neg", "sigma_window": "sigma win.", "dng (prior 0.1, T 1)": "dng"}
-            tiles = [baselines[s], result.image(s, 1)[0], result.image(s, 1 + oracle)[0], shown["auto"], *(shown[m] for m in others if m in shown)]
-            labels = ["no negative", "start 0", f"oracle {oracle}", f"auto {record['auto_starts']['auto'][0]}", *(label for m, label in others.items() if m in shown)]
-            examples.append((row, labelled_row(tiles, labels, min_tile=96)))
+        unit = f"prompt-{i:04d}"
+        resumed = store.done(unit)
+        if not resumed:
+            unit_cells, record, tile = _bench_prompt(pipe, cfg, row, todo, fixed, example=i < cfg.examples)
+            done = {"cells": unit_cells, "record": record}
+            if tile is not None:
+                done["example"] = store.save_image(f"examples/{unit}.png", tile)
+            store.commit(unit, done)
+        # Finished and resumed prompts alike are read back from their record: one path to the table.
+        done = store.record(unit)
+        for name, unit_cells in done["cells"].items():
+            cells[name].extend(unit_cells)
+        per_prompt.append(done["record"])
+        if "example" in done:
+            examples.append((done["record"], store.load_image(done["example"])))
         if progress is not None:
-            progress(i + 1, len(rows), time.time() - t0)
+            progress(i + 1, len(rows), time.time() - t0, resumed)
 
     table = [_summarize(name, c) for name, c in cells.items()]
-    with open(out / "table.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(table[0]))
-        writer.writeheader()
-        for r in table:
-            writer.writerow({k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()})
+    buffer = io.StringIO(newline="")
+    writer = csv.DictWriter(buffer, fieldnames=list(table[0]))
+    writer.writeheader()
+    for r in table:
+        writer.writerow({k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()})
+    write_text_atomic(out / "table.csv", buffer.getvalue())
 
     oracles = [p["oracle"] for p in per_prompt]
     image_oracles = [p["image_oracles"] for p in per_prompt]
@@ -272,7 +324,7 @@ def run(cfg: BenchConfig, progress=None) -> dict[str, Any]:
         "config": asdict(cfg),
         "wall_s": round(time.time() - t0, 1),
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
+    write_text_atomic(out / "summary.json", json.dumps(summary, indent=2, default=float))
     if examples:
         from PIL import Image
 
@@ -282,7 +334,7 @@ def run(cfg: BenchConfig, progress=None) -> dict[str, Any]:
         for _, im in examples:
             grid.paste(im, (0, y))
             y += im.height
-        grid.save(out / "examples.png")
+        store.save_image("examples.png", grid)
     return summary
 
 
@@ -306,8 +358,9 @@ def cmd_bench_guidance(args: argparse.Namespace) -> int:
                       scene_seed=args.scene_seed, only=tuple(args.only))
     methods(cfg)  # an unknown --only name fails here, before the model loads
 
-    def progress(done: int, total: int, elapsed: float) -> None:
-        print(f"bench-guidance: prompt {done}/{total} ({elapsed:.0f}s)", file=sys.stderr)
+    def progress(done: int, total: int, elapsed: float, resumed: bool = False) -> None:
+        how = "read back from an earlier run" if resumed else f"{elapsed:.0f}s"
+        print(f"bench-guidance: prompt {done}/{total} ({how})", file=sys.stderr)
 
     summary = run(cfg, progress)
     for row in summary["table"]:
@@ -322,7 +375,7 @@ def cmd_bench_guidance(args: argparse.Namespace) -> int:
 def register(subparsers) -> None:
     """Add ``bench-guidance`` to the ``negschedule`` parser's subparsers."""
     p = subparsers.add_parser("bench-guidance", help="every negative-guidance method on held-out toy-world prompts: one table")
-    p.add_argument("--out", required=True, help="folder for table.csv, summary.json, examples.png")
+    p.add_argument("--out", required=True, help="folder for table.csv, summary.json, examples.png (a rerun resumes)")
     p.add_argument("--model", default=None, help="toy-world pipeline folder; default: the embedded model")
     p.add_argument("--prompts", type=int, default=20, help="held-out captions (half two-shape, half night/moon)")
     p.add_argument("--seeds", default="0,1", help="0,1 or 0:4")
@@ -335,7 +388,7 @@ def register(subparsers) -> None:
     p.add_argument("--examples", type=int, default=4, help="prompts shown in examples.png")
     p.add_argument("--only", action="append", default=[], help="a method to run besides the sweep and auto, once per method "
                                                                "(default: all), e.g. --study --only 'auto[rollout, 2 jumps, per prompt]'")
-    p.set_defaults(func=cmd_bench_guidance)
+    p.set_defaults(func=cmd_bench_guidance, interrupted=RESUMABLE)
 
 
 __all__ = ["BenchConfig", "methods", "prompt_set", "register", "run"]

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..cli import RESUMABLE
 from ..errors import InputError
 
 
@@ -211,7 +212,7 @@ def register(subparsers) -> None:
     """Add the experiment verbs to the ``negschedule`` parser's subparsers."""
     sweep = subparsers.add_parser("sweep", help="critical-step sweep: the negative starting at every step, every seed")
     add_sweep_flags(sweep)
-    sweep.set_defaults(func=cmd_sweep)
+    sweep.set_defaults(func=cmd_sweep, interrupted=RESUMABLE)
     curve = subparsers.add_parser("removal-curve", help="fewest steps of negative that remove a concept, per start step")
     curve.add_argument("--prompt", required=True)
     curve.add_argument("--negative-prompt", required=True)
@@ -224,7 +225,7 @@ def register(subparsers) -> None:
     curve.add_argument("--out", required=True, help="folder for curve.json, curve.png, report.html (a rerun resumes)")
     curve.add_argument("--no-progress", action="store_true")
     add_model_flags(curve)
-    curve.set_defaults(func=cmd_removal_curve)
+    curve.set_defaults(func=cmd_removal_curve, interrupted=RESUMABLE)
     att = subparsers.add_parser("attention", help="per-step cross-attention heatmaps of prompt and negative-prompt words")
     att.add_argument("--prompt", required=True)
     att.add_argument("--tokens", default=None, help="comma-separated words of the prompt")
@@ -252,8 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from ..cli import run
 
-    # Every finished unit is on disk; the same command resumes from there.
-    return run(build_parser(), argv, interrupted="interrupted; run the same command again to resume")
+    return run(build_parser(), argv)
 
 
 if __name__ == "__main__":

@@ -93,6 +93,11 @@ class ResultStore:
         write_bytes_atomic(self.root / relative, buffer.getvalue())
         return relative
 
+    def load_array(self, relative: str):
+        import numpy as np
+
+        return np.load(self.root / relative, allow_pickle=False)
+
     def commit(self, unit: str, record: dict[str, Any]) -> None:
         """Mark ``unit`` finished: call only after everything it refers to is written."""
         write_json_atomic(self.units_dir / f"{unit}.json", record)

@@ -13,6 +13,7 @@ import json
 import sys
 from typing import Any
 
+from ..cli import RESUMABLE
 from ..errors import InputError
 
 
@@ -94,10 +95,10 @@ def register(subparsers) -> None:
     sub = toy.add_subparsers(dest="toy_command", required=True)
     train_parser = sub.add_parser("train", help="train the shapes-world model from scratch (resumable)")
     _add_fields(train_parser, TrainConfig)
-    train_parser.set_defaults(func=_run_train)
+    train_parser.set_defaults(func=_run_train, interrupted=RESUMABLE)
     eval_parser = sub.add_parser("eval", help="measure a shapes-world model; writes OUT/eval.json")
     _add_fields(eval_parser, EvalConfig)
-    eval_parser.set_defaults(func=_run_eval)
+    eval_parser.set_defaults(func=_run_eval, interrupted=RESUMABLE)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -154,8 +154,11 @@ def _grid(rows: list[np.ndarray], path: Path, scale: int = 3) -> None:
     for r, row in enumerate(rows):
         for c, im in enumerate(row):
             canvas[r * (h + 2) : r * (h + 2) + h, c * (w + 2) : c * (w + 2) + w] = im
+    from ..atomic import write_bytes_atomic
+    from ..images import png_bytes
+
     picture = Image.fromarray((canvas * 255).round().astype(np.uint8))
-    picture.resize((picture.width * scale, picture.height * scale), Image.Resampling.NEAREST).save(path)
+    write_bytes_atomic(path, png_bytes(picture.resize((picture.width * scale, picture.height * scale), Image.Resampling.NEAREST)))
 
 
 def detector_on_reconstructions(pipe, n: int = 500, first_seed: int = 2_000_000) -> float:
@@ -169,60 +172,118 @@ def detector_on_reconstructions(pipe, n: int = 500, first_seed: int = 2_000_000)
     return float(np.mean(hits))
 
 
+class _Points:
+    """``toy eval``'s measurements as units of ``experiments.store.ResultStore`` in ``cfg.out``.
+
+    Every sampled set of images (a caption set with no negative, or one negative from one start)
+    becomes a point: its figures, and the first ten images when a grid shows them. A point is on
+    disk as soon as it is measured, so a rerun of the same command skips it; the no-negative
+    images every point is compared with are sampled again when a point needs them (the same seeds
+    give the same images), never stored whole.
+    """
+
+    def __init__(self, store, pipe, cfg: EvalConfig, seeds: list[int]):
+        self.store, self.pipe, self.cfg, self.seeds = store, pipe, cfg, seeds
+        self._images: dict[str, tuple] = {}
+
+    def images(self, key: str, prompts: list[str]) -> tuple[np.ndarray, list]:
+        """The no-negative images of a caption set and their detections, sampled once per run."""
+        if key not in self._images:
+            images = sample(self.pipe, prompts, self.seeds, self.cfg)
+            self._images[key] = (images, [detect(im) for im in images])
+        return self._images[key]
+
+    def get(self, name: str, measure, grid: bool = False) -> tuple[dict, np.ndarray | None]:
+        """The point ``name``'s figures (and grid images): read back, or ``measure()``-d and stored."""
+        if not self.store.done(name):
+            value, images = measure()
+            record = {"value": value}
+            if grid:
+                record["grid"] = self.store.save_array(f"points/{name}.npy", np.asarray(images[:10], dtype=np.float32))
+            self.store.commit(name, json.loads(json.dumps(record)))
+        record = self.store.record(name)
+        return record["value"], (self.store.load_array(record["grid"]) if grid else None)
+
+
 def evaluate(cfg: EvalConfig) -> dict:
-    """Run every measurement; writes and returns the figures."""
+    """Run every measurement; writes and returns the figures. A rerun of an interrupted ``cfg`` resumes."""
+    from ..experiments.store import ResultStore, write_text_atomic
+
     torch.set_num_threads(cfg.threads)
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    store = ResultStore(cfg.out)
     t0 = time.time()
     pipe = _load(cfg)
+    store.open({k: v for k, v in asdict(cfg).items() if k not in ("out", "threads")})  # batch stays: it can move the last bits
+    out = Path(cfg.out)
     seeds = [cfg.image_seed + i for i in range(cfg.n)]
+    points = _Points(store, pipe, cfg, seeds)
     figures: dict = {"config": asdict(cfg)}
 
-    figures["detector_on_vae_reconstructions"] = detector_on_reconstructions(pipe)
+    figures["detector_on_vae_reconstructions"] = points.get("detector", lambda: (detector_on_reconstructions(pipe), None))[0]
 
     rows = two_object_set(cfg)
     prompts = [r[0] for r in rows]
-    base = sample(pipe, prompts, seeds, cfg)
-    base_objects = [detect(im) for im in base]
-    each = [[name in _names(o) for name in r[1]] for r, o in zip(rows, base_objects)]
-    figures["two_objects"] = {"both_present": float(np.mean([all(e) for e in each])),
-                              "each_present": float(np.mean(each))}
+
+    def two_objects():
+        _, base_objects = points.images("two", prompts)
+        each = [[name in _names(o) for name in r[1]] for r, o in zip(rows, base_objects)]
+        return {"both_present": float(np.mean([all(e) for e in each])), "each_present": float(np.mean(each))}, None
+
+    figures["two_objects"] = points.get("two-objects", two_objects)[0]
 
     # A negative naming one of the two requested shapes (alternating which), from each start step.
     negated = [r[1][i % 2] for i, r in enumerate(rows)]
     kept_name = [r[1][1 - i % 2] for i, r in enumerate(rows)]
-    curve, grid_rows = {}, [base[:10]]
-    for k in cfg.starts:
+
+    def named(k: int):
+        base, base_objects = points.images("two", prompts)
         images = sample(pipe, prompts, seeds, cfg, negative=negated, start=k)
         point, objects = _curve_point(base, base_objects, images, negated)
         point["other_kept"] = float(np.mean([name in _names(o) for name, o in zip(kept_name, objects)]))
-        curve[str(k)] = point
-        grid_rows.append(images[:10])
+        return point, images
+
+    grid_rows = [points.get("two-base", lambda: (None, points.images("two", prompts)[0]), grid=True)[1]]
+    curve = {}
+    for k in cfg.starts:
+        curve[str(k)], images = points.get(f"named-{k}", lambda k=k: named(k), grid=True)
+        grid_rows.append(images)
     figures["negative_object"] = curve
     _grid(grid_rows, out / "negative_object.png")
 
     # A negative naming a shape the caption does not request: does it appear because it was named?
     unrequested = [r[2] for r in rows]
-    base_rate = float(np.mean([name in _names(o) for name, o in zip(unrequested, base_objects)]))
-    curve = {"no_negative_appears": base_rate}
-    for k in cfg.starts:
+
+    def base_rate():
+        _, base_objects = points.images("two", prompts)
+        return float(np.mean([name in _names(o) for name, o in zip(unrequested, base_objects)])), None
+
+    def unrequested_point(k: int):
+        base, base_objects = points.images("two", prompts)
         images = sample(pipe, prompts, seeds, cfg, negative=unrequested, start=k)
-        point, _ = _curve_point(base, base_objects, images, unrequested)
-        curve[str(k)] = point
+        return _curve_point(base, base_objects, images, unrequested)[0], None
+
+    curve = {"no_negative_appears": points.get("unrequested-base", base_rate)[0]}
+    for k in cfg.starts:
+        curve[str(k)] = points.get(f"unrequested-{k}", lambda k=k: unrequested_point(k))[0]
     figures["negative_unrequested_object"] = curve
 
     # The implied object: night captions that do not name the moon.
     night = night_set(cfg)
-    base_n = sample(pipe, night, seeds, cfg)
-    base_n_objects = [detect(im) for im in base_n]
-    figures["moon_unnamed_present"] = float(np.mean(["moon" in _names(o) for o in base_n_objects]))
-    curve, grid_rows = {}, [base_n[:10]]
-    for k in cfg.starts:
+
+    def moon_unnamed():
+        base_n, base_n_objects = points.images("night", night)
+        return float(np.mean(["moon" in _names(o) for o in base_n_objects])), base_n
+
+    def moon(k: int):
+        base_n, base_n_objects = points.images("night", night)
         images = sample(pipe, night, seeds, cfg, negative="moon", start=k)
-        point, _ = _curve_point(base_n, base_n_objects, images, ["moon"] * len(night))
-        curve[str(k)] = point
-        grid_rows.append(images[:10])
+        return _curve_point(base_n, base_n_objects, images, ["moon"] * len(night))[0], images
+
+    figures["moon_unnamed_present"], base_grid = points.get("moon-unnamed", moon_unnamed, grid=True)
+    curve, grid_rows = {}, [base_grid]
+    for k in cfg.starts:
+        curve[str(k)], images = points.get(f"moon-{k}", lambda k=k: moon(k), grid=True)
+        grid_rows.append(images)
     figures["negative_moon"] = curve
     _grid(grid_rows, out / "negative_moon.png")
 
@@ -240,8 +301,8 @@ def evaluate(cfg: EvalConfig) -> dict:
     }
     figures["summary"]["moon_best_start"] = best_k
     figures["seconds"] = round(time.time() - t0)
-    (out / "eval.json").write_text(json.dumps(figures, indent=2))
-    (out / "eval.md").write_text(report(figures))
+    write_text_atomic(out / "eval.json", json.dumps(figures, indent=2))
+    write_text_atomic(out / "eval.md", report(figures))
     return figures
 
 
