@@ -124,7 +124,12 @@ def test_bench_guidance_resumes_after_an_interrupt_and_ends_as_an_uninterrupted_
     assert resumed == whole
     assert (out / "examples.png").read_bytes() == (tmp_path / "whole" / "examples.png").read_bytes()
 
-    # Other settings into the same folder: refused, naming the folder, nothing changed.
+    # Other settings into the same folder, or other weights at the same model path: refused, naming the folder.
     other = [("1" if previous == "--examples" else a) for previous, a in zip([None, *args], args)]
     assert main(["bench-guidance", "--out", str(out), *other]) == 2
     assert "out=" in capsys.readouterr().err
+    from negschedule.tiny import build_tiny_sd
+
+    build_tiny_sd(seed=1).save_pretrained(model)
+    assert main(["bench-guidance", "--out", str(out), *args]) == 2
+    assert "settings differ in weights" in capsys.readouterr().err

@@ -370,3 +370,18 @@ def test_checkpoint_file_keys_are_original_layout(tmp_path, source):
     assert "first_stage_model.encoder.mid.attn_1.q.weight" in keys
     assert "model.diffusion_model.input_blocks.0.0.weight" in keys
     assert all(k.split(".")[0] in {"model", "first_stage_model", "cond_stage_model"} for k in keys)
+
+
+def test_weights_fingerprint_follows_the_weights_not_the_path(tmp_path):
+    first, copy, other = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    build_tiny_sd(seed=0).save_pretrained(first)
+    build_tiny_sd(seed=0).save_pretrained(copy)
+    build_tiny_sd(seed=1).save_pretrained(other)
+    assert models.weights_fingerprint(first) == models.weights_fingerprint(copy)  # the same weights elsewhere
+    assert models.weights_fingerprint(first) != models.weights_fingerprint(other)
+    build_tiny_sd(seed=1).save_pretrained(first)  # retrained in place
+    assert models.weights_fingerprint(first) == models.weights_fingerprint(other)
+    assert models.weights_fingerprint("someone/some-model") is None  # a hub id: its files are not here
+    with pytest.raises(InputError) as err:
+        models.weights_fingerprint(tmp_path / "nowhere")
+    assert err.value.argument == "model"

@@ -55,6 +55,39 @@ def default_model_name() -> str:
     return "negschedule-toyworld" if default_model_path() is not None else "negschedule-tiny-random"
 
 
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".ckpt", ".pt", ".pth")
+_HASHED_BYTES = 256 * 2**20  # weight files up to this size are hashed whole; bigger ones by size and time
+
+
+def weights_fingerprint(model: str | os.PathLike | None = None) -> str | None:
+    """A short digest of the weights ``load_pipeline(model)`` would read (``None`` for a hub id).
+
+    Resumable experiments keep it in their settings, so a rerun into the same folder after the
+    model at the same path was retrained is refused instead of mixing two models' results. Small
+    files (the toy models) are hashed whole; a multi-GB checkpoint by its size and modification
+    time, which a retraining changes, so that resuming does not read gigabytes first.
+    """
+    import hashlib
+
+    kind, path = _classify(model)
+    if kind == "hub":
+        return None
+    if kind == "default":
+        path = default_model_path()
+        if path is None:
+            return "tiny-random"
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.suffix.lower() in WEIGHT_SUFFIXES)
+    digest = hashlib.sha256()
+    for file in files:
+        stat = file.stat()
+        digest.update(f"{file.relative_to(path) if path.is_dir() else file.name}:{stat.st_size}\n".encode())
+        if stat.st_size <= _HASHED_BYTES:
+            digest.update(file.read_bytes())
+        else:
+            digest.update(str(stat.st_mtime_ns).encode())
+    return digest.hexdigest()[:16]
+
+
 def load_pipeline(
     model: str | os.PathLike | None = None,
     *,

@@ -185,8 +185,11 @@ def _plain(value: Any) -> Any:
 
 
 def _settings(cfg: BenchConfig) -> dict[str, Any]:
-    """What the results depend on: a rerun into the same folder resumes only with these unchanged."""
-    return {k: v for k, v in asdict(cfg).items() if k not in ("out", "threads")}
+    """What the results depend on: a rerun into the same folder resumes only with these unchanged
+    (the model's weights too: a model retrained at the same path is another experiment)."""
+    from ..models import weights_fingerprint
+
+    return {**{k: v for k, v in asdict(cfg).items() if k not in ("out", "threads")}, "weights": weights_fingerprint(cfg.model)}
 
 
 def _bench_prompt(pipe, cfg: BenchConfig, row: dict[str, Any], todo: dict[str, Any], fixed: dict[str, int], example: bool):

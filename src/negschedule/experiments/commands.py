@@ -138,9 +138,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     state = _shard()[2]
     if state is not None and state.device.type != "cpu":
         pipe.to(state.device)  # one accelerator per process
-    context = {"model": args.model, "model_config": args.config}
     began = time.perf_counter()
-    result = run_sweep(pipe, config, out=out, progress=not args.no_progress, clip=clip_detector_parts(args), context=context)
+    result = run_sweep(pipe, config, out=out, progress=not args.no_progress, clip=clip_detector_parts(args), context=_model_context(args))
     if _shard()[0] == 0:
         write_sweep(result, out)
         print(f"{out / 'report.html'}: {len(result.records)} units ({len(result.computed_units)} sampled now), "
@@ -174,7 +173,7 @@ def cmd_removal_curve(args: argparse.Namespace) -> int:
         raise InputError("out", str(out), "exists and is not a folder")
     clip = clip_detector_parts(args)
     pipe = load_model(args)
-    curve = run_removal_curve(pipe, config, out=out, clip=clip, context={"model": args.model, "model_config": args.config},
+    curve = run_removal_curve(pipe, config, out=out, clip=clip, context=_model_context(args),
                               progress=not args.no_progress)
     write_removal_curve(curve, out)
     data = curve.to_json()
@@ -240,6 +239,13 @@ def register(subparsers) -> None:
     from .bench_guidance import register as register_bench_guidance
 
     register_bench_guidance(subparsers)
+
+
+def _model_context(args: argparse.Namespace) -> dict[str, Any]:
+    """The model an experiment ran on, for its settings: a rerun on other weights at the same path is refused."""
+    from ..models import weights_fingerprint
+
+    return {"model": args.model, "model_config": args.config, "weights": weights_fingerprint(args.model)}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -213,7 +213,10 @@ def evaluate(cfg: EvalConfig) -> dict:
     store = ResultStore(cfg.out)
     t0 = time.time()
     pipe = _load(cfg)
-    store.open({k: v for k, v in asdict(cfg).items() if k not in ("out", "threads")})  # batch stays: it can move the last bits
+    from ..models import weights_fingerprint
+
+    # What the figures depend on (batch too: it can move the last bits), the model's weights included.
+    store.open({**{k: v for k, v in asdict(cfg).items() if k not in ("out", "threads")}, "weights": weights_fingerprint(cfg.model or None)})
     out = Path(cfg.out)
     seeds = [cfg.image_seed + i for i in range(cfg.n)]
     points = _Points(store, pipe, cfg, seeds)
