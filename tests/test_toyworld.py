@@ -335,6 +335,8 @@ def test_toy_eval_resumes_after_an_interrupt_and_ends_as_an_uninterrupted_run(tm
     # Again: the no-negative two-shape images (the comparison for the interrupted point), then the
     # points not yet measured: unrequested shape from 0 and 1, night no-negative, moon from 0 and 1.
     assert [(c[1], c[2]) for c in calls[first:]] == [(None, 0), ("list", 0), ("list", 1), (None, 0), ("moon", 0), ("moon", 1)]
+    err = capsys.readouterr().err
+    assert "toy eval: 1/11 detector (read back from an earlier run)" in err and "toy eval: 11/11 moon-1 (" in err
     figures = [json.loads((d / "eval.json").read_text()) for d in (whole, out)]
     for f in figures:
         f.pop("seconds"), f["config"].pop("out")

@@ -11,6 +11,7 @@ import argparse
 import dataclasses
 import json
 import sys
+import time
 from typing import Any
 
 from ..cli import RESUMABLE
@@ -81,7 +82,13 @@ def _run_eval(args: argparse.Namespace) -> int:
     bad = [k for k in cfg.starts if not 0 <= k <= cfg.steps]
     if not cfg.starts or bad:
         raise InputError("--starts", ",".join(map(str, cfg.starts)), f"each start must lie in 0..{cfg.steps}")
-    figures = evaluate(cfg)
+    began = time.time()
+
+    def progress(done: int, total: int, name: str, resumed: bool) -> None:
+        how = "read back from an earlier run" if resumed else f"{time.time() - began:.0f}s"
+        print(f"toy eval: {done}/{total} {name} ({how})", file=sys.stderr)
+
+    figures = evaluate(cfg, progress)
     print(json.dumps(figures["summary"], indent=2))
     return 0
 

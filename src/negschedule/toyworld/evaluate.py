@@ -182,8 +182,11 @@ class _Points:
     give the same images), never stored whole.
     """
 
-    def __init__(self, store, pipe, cfg: EvalConfig, seeds: list[int]):
+    def __init__(self, store, pipe, cfg: EvalConfig, seeds: list[int], progress=None):
         self.store, self.pipe, self.cfg, self.seeds = store, pipe, cfg, seeds
+        self.progress = progress  # called with (points done, points in all, name, read back?) after each point
+        self.total = 5 + 3 * len(cfg.starts)  # detector, two-shape figures and grid, unrequested base, moon base; 3 curves
+        self.done = 0
         self._images: dict[str, tuple] = {}
 
     def images(self, key: str, prompts: list[str]) -> tuple[np.ndarray, list]:
@@ -195,18 +198,25 @@ class _Points:
 
     def get(self, name: str, measure, grid: bool = False) -> tuple[dict, np.ndarray | None]:
         """The point ``name``'s figures (and grid images): read back, or ``measure()``-d and stored."""
-        if not self.store.done(name):
+        resumed = self.store.done(name)
+        if not resumed:
             value, images = measure()
             record = {"value": value}
             if grid:
                 record["grid"] = self.store.save_array(f"points/{name}.npy", np.asarray(images[:10], dtype=np.float32))
             self.store.commit(name, json.loads(json.dumps(record)))
         record = self.store.record(name)
+        self.done += 1
+        if self.progress is not None:
+            self.progress(self.done, self.total, name, resumed)
         return record["value"], (self.store.load_array(record["grid"]) if grid else None)
 
 
-def evaluate(cfg: EvalConfig) -> dict:
-    """Run every measurement; writes and returns the figures. A rerun of an interrupted ``cfg`` resumes."""
+def evaluate(cfg: EvalConfig, progress=None) -> dict:
+    """Run every measurement; writes and returns the figures. A rerun of an interrupted ``cfg`` resumes.
+
+    ``progress``: called after each measured point with (points done, points in all, its name, read back?).
+    """
     from ..experiments.store import ResultStore, write_text_atomic
 
     torch.set_num_threads(cfg.threads)
@@ -219,7 +229,7 @@ def evaluate(cfg: EvalConfig) -> dict:
     store.open({**{k: v for k, v in asdict(cfg).items() if k not in ("out", "threads")}, "weights": weights_fingerprint(cfg.model or None)})
     out = Path(cfg.out)
     seeds = [cfg.image_seed + i for i in range(cfg.n)]
-    points = _Points(store, pipe, cfg, seeds)
+    points = _Points(store, pipe, cfg, seeds, progress)
     figures: dict = {"config": asdict(cfg)}
 
     figures["detector_on_vae_reconstructions"] = points.get("detector", lambda: (detector_on_reconstructions(pipe), None))[0]
