@@ -24,7 +24,7 @@ from collections import defaultdict
 
 import numpy as np
 
-from negschedule.auto import pooled_start, probe_steps, rollout_decision, rollout_extra, rollout_extra_bound, rollout_verified
+from negschedule.auto import pooled_start, probe_steps, rollout_decision, rollout_extra, rollout_extra_bound, rollout_gate, rollout_verified
 from negschedule.experiments.bench_guidance import best_start
 
 
@@ -46,10 +46,13 @@ def lock_step(answer_lists, decide, probes, latest):
     raise AssertionError("every search settles by the latest start")
 
 
-def score(records, decide, probes, jumps, per_prompt, steps, truth=False):
+def score(records, decide, probes, jumps, per_prompt, steps, truth=False, latest=None):
     """A policy's removal, SSIM, share of prompts within one step of the oracle, mean start and cost
-    (in plain generations), replayed on the ``jumps``-jump answers, or on the truth."""
-    latest = len(records[0]["truth"]) - 1
+    (in plain generations), replayed on the ``jumps``-jump answers, or on the truth. ``latest``: the
+    latest start the policy may take (``AutoStart.max_start`` times the steps; default: the last
+    recorded); the oracle is always taken over every recorded start, as ``bench-guidance`` does."""
+    recorded = len(records[0]["truth"]) - 1
+    latest = recorded if latest is None else latest
     by_prompt = defaultdict(list)
     for r in records:
         by_prompt[r["prompt"]].append(r)
@@ -63,8 +66,8 @@ def score(records, decide, probes, jumps, per_prompt, steps, truth=False):
             for i, known in zip(group, asked):
                 chosen[i] = start
                 costs.append(1 + rollout_extra(len(known), start, now, jumps) / (2 * steps))
-        absent = [float(np.mean([r["truth"][k] for r in rs])) for k in range(latest + 1)]
-        mean_ssim = [float(np.mean([r["ssim"][k] for r in rs])) for k in range(latest + 1)]
+        absent = [float(np.mean([r["truth"][k] for r in rs])) for k in range(recorded + 1)]
+        mean_ssim = [float(np.mean([r["ssim"][k] for r in rs])) for k in range(recorded + 1)]
         oracle = best_start(absent, mean_ssim)
         hits.append(abs(round(float(np.mean(chosen))) - oracle) <= 1)
         for r, k in zip(rs, chosen):
@@ -85,6 +88,7 @@ def main() -> None:
     parser.add_argument("studies", nargs="+")
     parser.add_argument("--probes", action="append", default=None, help="fractions of the latest start, e.g. 0.3,0.7 (repeatable)")
     parser.add_argument("--jumps", default="truth,2,3", help="the answers to replay: truth (a perfect look-ahead), 1, 2, 3")
+    parser.add_argument("--gate-latest", default="6,10", help="the gate rule's latest starts to replay (max_start 0.3 and 0.5 at 20 steps)")
     args = parser.parse_args()
     probe_sets = [tuple(float(f) for f in p.split(",")) for p in (args.probes or ["0.3,0.7", "0.2,0.5", "0.2,0.5,0.8", "0.2,0.4,0.7"])]
     for path in args.studies:
@@ -105,6 +109,16 @@ def main() -> None:
                         bound = 1 + rollout_extra_bound(probes, latest, 2 if jumps == "truth" else jumps, decide) / (2 * steps)
                         print(f"  {label} removal {s['removal']:.3f}  SSIM {s['ssim']:.3f}  within {s['within']:.2f}  "
                               f"start {s['start']:.2f}  cost {s['cost']:.2f}x (at most {bound:.2f}x per image)")
+        # The gate (auto.rollout_gate) asks one look-ahead, from step 0; its probes do not matter.
+        for gate_latest in (int(v) for v in args.gate_latest.split(",")):
+            for per_prompt in (False, True):
+                for jumps in [j if j == "truth" else int(j) for j in args.jumps.split(",")]:
+                    j = 2 if jumps == "truth" else jumps
+                    s = score(records, rollout_gate, (), j, per_prompt, steps, truth=jumps == "truth", latest=gate_latest)
+                    bound = 1 + rollout_extra_bound((), gate_latest, j, rollout_gate) / (2 * steps)
+                    label = f"gate     latest {gate_latest:<5}       {'prompt' if per_prompt else 'image ':6} {str(jumps):5}"
+                    print(f"  {label} removal {s['removal']:.3f}  SSIM {s['ssim']:.3f}  within {s['within']:.2f}  "
+                          f"start {s['start']:.2f}  cost {s['cost']:.2f}x (at most {bound:.2f}x per image)")
 
 
 if __name__ == "__main__":

@@ -313,6 +313,40 @@ def test_rollout_verified_starts_only_where_a_look_ahead_said_removed():
     assert AutoStart(signal=Signal.ROLLOUT, choice="verified").cost_bound(20) == pytest.approx(1.4)
 
 
+def test_rollout_gate_asks_step_0_once_and_starts_there_or_late():
+    from negschedule.auto import pooled_start, rollout_earliest, rollout_extra_bound, rollout_gate
+
+    probes = (3, 7)  # not used by the gate
+    assert rollout_gate(probes, 10, {}) == ("probe", 0)
+    assert rollout_gate(probes, 10, {0: True}) == ("start", 0)
+    assert rollout_gate(probes, 10, {0: False}) == ("start", 10)  # the negative would not remove it: keep structure
+    # Pooled per prompt: step 0 as soon as one image's look-ahead removes; the latest when none does.
+    assert pooled_start(probes, 6, [{0: False}, {0: True}], rollout_gate) == 0
+    assert pooled_start(probes, 6, [{0: False}, {0: False}], rollout_gate) == 6
+    assert pooled_start(probes, 6, [{0: False}, {}], rollout_gate) is None  # the other may still say 0
+    assert rollout_earliest(probes, 6, {}, rollout_gate) == 0
+    # One look-ahead (3 evaluations at 2 jumps) and, for a start at 0, step 0 sampled again (2).
+    assert rollout_extra_bound(probes, 10, 2, rollout_gate) == 5
+    assert AutoStart(signal=Signal.ROLLOUT, choice="gate").cost_bound(20) == pytest.approx(1.125)
+
+
+@pytest.mark.parametrize("present, expected", [(False, 0), (True, 4)], ids=["removes", "does-not"])
+def test_auto_rollout_gate_is_bit_exact_to_its_fixed_start(tiny_sd, present, expected):
+    calls = []
+
+    def detector(image):
+        calls.append(image.size)
+        return present
+
+    auto = AutoStart(signal=Signal.ROLLOUT, detector=detector, choice="gate")  # 8 steps: latest 4
+    kw = {**KW, "num_inference_steps": 8}
+    res = sample_guided(tiny_sd, "cfg", [3], negative_prompt=NEG, negative_start="auto", auto=auto, **kw)
+    assert res.starts[3] == expected and len(calls) == 1  # one look-ahead, from step 0
+    fixed = sample_guided(tiny_sd, "cfg", [3], negative_prompt=NEG, negative_start=expected, **kw)
+    assert torch.equal(res.latents[3], fixed.latents[3])
+    assert res.model_evaluations <= auto.cost_bound(8) * 2 * 8
+
+
 def test_rollout_choice_is_checked():
     with pytest.raises(InputError, match="choice"):
         AutoStart(signal=Signal.ROLLOUT, choice="closest")
@@ -506,7 +540,7 @@ def test_rollout_policy_replay_pools_like_the_sampler():
     import itertools
     from pathlib import Path
 
-    from negschedule.auto import _search_with, rollout_decision, rollout_extra_bound, rollout_verified
+    from negschedule.auto import _search_with, rollout_decision, rollout_extra_bound, rollout_gate, rollout_verified
 
     path = Path(__file__).parents[1] / "benchmarks" / "rollout_policies.py"
     spec = importlib.util.spec_from_file_location("rollout_policies", path)
@@ -514,7 +548,7 @@ def test_rollout_policy_replay_pools_like_the_sampler():
     spec.loader.exec_module(policies)
     probes, latest = (3, 7), 10
     patterns = [dict(zip((0, 3, 7), bits)) for bits in itertools.product((False, True), repeat=3)]
-    for decide in (rollout_decision, rollout_verified):
+    for decide in (rollout_decision, rollout_verified, rollout_gate):
         worst = 0
         for a, b in itertools.product(patterns, repeat=2):
             answers = [[a.get(k, False) for k in range(latest + 1)], [b.get(k, False) for k in range(latest + 1)]]

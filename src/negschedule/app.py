@@ -58,6 +58,7 @@ START_RULES = [
     ("auto: toy detector, negative's x0", "negative_preview"),
     ("auto: look-ahead (rollout)", "rollout"),
     ("auto: look-ahead (rollout), verified starts", "rollout:verified"),
+    ("auto: look-ahead gate (step 0 if it removes, else late)", "rollout:gate"),
 ]
 
 Progress = Callable[..., Any]  # gr.Progress, or any callable taking (fraction | (i, n), desc=...)

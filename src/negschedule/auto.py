@@ -103,7 +103,9 @@ class AutoStart:
     # ROLLOUT: where the search starts once a probe fails: "midpoint" (between the last probe that
     # removes and the first that does not: nearest the critical step on average) or "verified" (the
     # last probe that removes: a start the look-ahead checked, so more removal for a little less
-    # structure; docs/guidance.md, "Verified starts").
+    # structure; docs/guidance.md, "Verified starts") or "gate" (one look-ahead from step 0: start at 0
+    # if it removes, else at the latest start; removal first, the critical step not sought;
+    # docs/guidance.md, "A removal-first gate").
     choice: str = "midpoint"
 
     def __post_init__(self):
@@ -133,7 +135,7 @@ class AutoStart:
 
     @property
     def decision(self) -> "Decision":
-        """The ROLLOUT search's next move for ``choice`` (:func:`rollout_decision` or :func:`rollout_verified`)."""
+        """The ROLLOUT search's next move for ``choice`` (:func:`rollout_decision`, :func:`rollout_verified`, :func:`rollout_gate`)."""
         return CHOICES[self.choice]
 
     @property
@@ -203,6 +205,20 @@ def rollout_verified(probes: tuple[int, ...], latest: int, answers: dict[int, bo
     nothing does (no start removes it, so keep the most structure); the last probe when all do.
     """
     return _rollout_move(probes, latest, answers, midpoint=False)
+
+
+def rollout_gate(probes: tuple[int, ...], latest: int, answers: dict[int, bool]) -> tuple[str, int]:
+    """The next move of a ROLLOUT rule that asks one question: can the negative remove the concept at all?
+
+    One look-ahead with the negative from step 0 (``probes`` are not used). If it says "removed",
+    start at 0, the start that removes most often; if not, no start is likely to remove it, so
+    start at ``latest``, where the negative disturbs the picture least. It does not look for the
+    critical step: it trades that for removal at least that of a start at 0 where the look-ahead
+    is right, at the price of one look-ahead (docs/guidance.md, "A removal-first gate").
+    """
+    if 0 not in answers:
+        return ("probe", 0)
+    return ("start", 0 if answers[0] else latest)
 
 
 Decision = Callable[[tuple[int, ...], int, dict[int, bool]], tuple[str, int]]  # a ROLLOUT search's next move
@@ -368,7 +384,7 @@ class _Decider:
 
 
 # AutoStart.choice -> the ROLLOUT search's decision rule.
-CHOICES: dict[str, Decision] = {"midpoint": rollout_decision, "verified": rollout_verified}
+CHOICES: dict[str, Decision] = {"midpoint": rollout_decision, "verified": rollout_verified, "gate": rollout_gate}
 
 __all__ = ["AutoStart", "Signal", "alignment", "pooled_start", "probe_steps", "rollout_decision", "rollout_earliest",
            "rollout_extra", "rollout_extra_bound", "rollout_verified"]

@@ -44,7 +44,7 @@ class RunSettings:
     sigma_min_every_other: bool = False  # sigma_window: below sigma_min, odd steps only (A1111's default)
     auto_signal: str | None = None  # with --negative-start auto: what it watches (an auto.Signal value; None = the default)
     auto_max_start: float | None = None  # with --negative-start auto: the latest start, a fraction (None = the default)
-    auto_choice: str | None = None  # with --auto-signal rollout: midpoint or verified (an AutoStart.choice; None = the default)
+    auto_choice: str | None = None  # with --auto-signal rollout: midpoint, verified or gate (an AutoStart.choice; None = the default)
     auto_start: int | None = None  # with --negative-start auto: the step it chose (filled in after sampling)
 
 
@@ -74,7 +74,8 @@ def _add_generation_flags(p: argparse.ArgumentParser) -> None:
                    help="with --negative-start auto, the latest start as a fraction of the steps (default 0.5)")
     p.add_argument("--auto-choice", default=None,
                    help="with --auto-signal rollout, where the search starts: midpoint (default: between the last probe that "
-                        "removes and the first that does not) or verified (the last probe whose look-ahead removed the concept)")
+                        "removes and the first that does not), verified (the last probe whose look-ahead removed the concept) "
+                        "or gate (one look-ahead from step 0: start there if it removes, else at --auto-max-start)")
     p.add_argument(
         "--negative-window",
         nargs=3,

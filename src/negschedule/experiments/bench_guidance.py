@@ -118,6 +118,9 @@ def methods(cfg: BenchConfig) -> dict[str, Any]:
         for per_prompt in (False, True):
             out["auto[rollout, 2 jumps, verified" + (", per prompt]" if per_prompt else "]")] = (
                 None, "auto", AutoStart(signal=Signal.ROLLOUT, choice="verified", per_prompt=per_prompt, max_start=cfg.max_start))
+        # Removal first: one look-ahead from step 0, then 0 or the latest start 0.3 (docs/guidance.md, "A removal-first gate").
+        out["auto[rollout gate, latest 0.3, per prompt]"] = (
+            None, "auto", AutoStart(signal=Signal.ROLLOUT, choice="gate", per_prompt=True, max_start=min(0.3, cfg.max_start)))
     if cfg.only:
         unknown = [name for name in cfg.only if name not in out]
         if unknown:
