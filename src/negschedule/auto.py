@@ -387,4 +387,4 @@ class _Decider:
 CHOICES: dict[str, Decision] = {"midpoint": rollout_decision, "verified": rollout_verified, "gate": rollout_gate}
 
 __all__ = ["AutoStart", "Signal", "alignment", "pooled_start", "probe_steps", "rollout_decision", "rollout_earliest",
-           "rollout_extra", "rollout_extra_bound", "rollout_verified"]
+           "rollout_extra", "rollout_extra_bound", "rollout_gate", "rollout_verified"]
