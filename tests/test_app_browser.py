@@ -125,7 +125,7 @@ def fill_text(page, elem_id: str, value: str) -> None:
     """
     box = page.locator(f"#{elem_id} textarea, #{elem_id} input").first
     box.wait_for(state="visible")
-    for attempt in range(3):
+    for _ in range(3):
         box.fill(value)
         box.press("Tab")
         page.wait_for_timeout(100)  # long enough for a box that was still mounting to reset itself
