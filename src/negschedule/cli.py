@@ -386,7 +386,7 @@ def build_parser() -> argparse.ArgumentParser:
 RESUMABLE = "interrupted; run the same command again to resume"
 
 
-def run(parser: argparse.ArgumentParser, argv: list[str] | None = None, interrupted: str = "interrupted") -> int:
+def run(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> int:
     """Parse ``argv`` and run the chosen verb: bad input is one line on stderr and exit code 2; an
     interrupt one line too, telling a resumable verb's user how to go on."""
     # transformers warns at import that torchvision is absent; it does not concern our users.
@@ -398,7 +398,7 @@ def run(parser: argparse.ArgumentParser, argv: list[str] | None = None, interrup
         print(f"negschedule {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"negschedule: {getattr(args, 'interrupted', None) or interrupted}", file=sys.stderr)
+        print(f"negschedule: {getattr(args, 'interrupted', 'interrupted')}", file=sys.stderr)
         return 130
 
 

@@ -176,17 +176,6 @@ def _summarize(method: str, cells: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def _plain(value: Any) -> Any:
-    """``value`` with numpy scalars as Python ones: what a unit's JSON record holds, read back alike."""
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
-
-
 def _settings(cfg: BenchConfig) -> dict[str, Any]:
     """What the results depend on: a rerun into the same folder resumes only with these unchanged
     (the model's weights too: a model retrained at the same path is another experiment)."""
@@ -245,7 +234,7 @@ def _bench_prompt(pipe, cfg: BenchConfig, row: dict[str, Any], todo: dict[str, A
         tiles = [baselines[s], result.image(s, 1)[0], result.image(s, 1 + oracle)[0], shown["auto"], *(shown[m] for m in others if m in shown)]
         labels = ["no negative", "start 0", f"oracle {oracle}", f"auto {record['auto_starts']['auto'][0]}", *(label for m, label in others.items() if m in shown)]
         tile = labelled_row(tiles, labels, min_tile=96)
-    return _plain(cells), _plain(record), tile
+    return cells, record, tile
 
 
 def run(cfg: BenchConfig, progress=None) -> dict[str, Any]:
@@ -289,7 +278,7 @@ def run(cfg: BenchConfig, progress=None) -> dict[str, Any]:
             cells[name].extend(unit_cells)
         per_prompt.append(done["record"])
         if "example" in done:
-            examples.append((done["record"], store.load_image(done["example"])))
+            examples.append(store.load_image(done["example"]))
         if progress is not None:
             progress(i + 1, len(rows), time.time() - t0, resumed)
 
@@ -334,10 +323,10 @@ def run(cfg: BenchConfig, progress=None) -> dict[str, Any]:
     if examples:
         from PIL import Image
 
-        width = max(im.width for _, im in examples)
-        grid = Image.new("RGB", (width, sum(im.height for _, im in examples)), "white")
+        width = max(im.width for im in examples)
+        grid = Image.new("RGB", (width, sum(im.height for im in examples)), "white")
         y = 0
-        for _, im in examples:
+        for im in examples:
             grid.paste(im, (0, y))
             y += im.height
         store.save_image("examples.png", grid)

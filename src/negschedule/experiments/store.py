@@ -27,6 +27,17 @@ from ..images import png_bytes
 from ..errors import InputError
 
 
+def json_ready(value: Any) -> Any:
+    """``value`` as its JSON record reads back: numpy scalars as Python ones, tuples as lists."""
+    if isinstance(value, dict):
+        return {k: json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_ready(v) for v in value]
+    if hasattr(value, "item") and getattr(value, "shape", None) == ():  # a numpy scalar
+        return value.item()
+    return value
+
+
 def write_json_atomic(path: Path, obj: Any) -> None:
     write_bytes_atomic(path, (json.dumps(obj, indent=1, sort_keys=False) + "\n").encode())
 
@@ -99,5 +110,6 @@ class ResultStore:
         return np.load(self.root / relative, allow_pickle=False)
 
     def commit(self, unit: str, record: dict[str, Any]) -> None:
-        """Mark ``unit`` finished: call only after everything it refers to is written."""
-        write_json_atomic(self.units_dir / f"{unit}.json", record)
+        """Mark ``unit`` finished: call only after everything it refers to is written. Numpy scalars
+        in ``record`` are stored as Python numbers (what ``record`` gives back)."""
+        write_json_atomic(self.units_dir / f"{unit}.json", json_ready(record))

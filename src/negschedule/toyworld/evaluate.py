@@ -154,11 +154,10 @@ def _grid(rows: list[np.ndarray], path: Path, scale: int = 3) -> None:
     for r, row in enumerate(rows):
         for c, im in enumerate(row):
             canvas[r * (h + 2) : r * (h + 2) + h, c * (w + 2) : c * (w + 2) + w] = im
-    from ..atomic import write_bytes_atomic
-    from ..images import png_bytes
+    from ..images import save_png
 
     picture = Image.fromarray((canvas * 255).round().astype(np.uint8))
-    write_bytes_atomic(path, png_bytes(picture.resize((picture.width * scale, picture.height * scale), Image.Resampling.NEAREST)))
+    save_png(picture.resize((picture.width * scale, picture.height * scale), Image.Resampling.NEAREST), path)
 
 
 def detector_on_reconstructions(pipe, n: int = 500, first_seed: int = 2_000_000) -> float:
@@ -204,7 +203,7 @@ class _Points:
             record = {"value": value}
             if grid:
                 record["grid"] = self.store.save_array(f"points/{name}.npy", np.asarray(images[:10], dtype=np.float32))
-            self.store.commit(name, json.loads(json.dumps(record)))
+            self.store.commit(name, record)
         record = self.store.record(name)
         self.done += 1
         if self.progress is not None:
