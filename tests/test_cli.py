@@ -182,3 +182,24 @@ def test_sdxl_negative_prompt_2_on_the_command_line(tmp_path, capsys):
     assert not np.array_equal(np.asarray(two), np.asarray(one))  # the second encoder's negative acts
     # compare's no-negative tile must not keep the second negative either
     assert main(["compare", *common, "--negative-prompt-2", "hat", "--out", str(tmp_path / "cmp.png")]) == 0
+
+
+def test_help_shows_descriptions_examples_and_real_defaults(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--help"])
+    assert exit_.value.code == 0
+    top = capsys.readouterr().out
+    assert "examples:" in top and "negschedule compare --prompt" in top
+
+    with pytest.raises(SystemExit):
+        main(["generate", "--help"])
+    gen = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    assert "One image with a timed negative prompt" in gen
+    assert "num_inference_steps (default: 20)" in gen
+    assert "torch generator seed (default: 0)" in gen  # 0 is a default, not "unset"
+    assert "(default: None)" not in gen and "(default: False)" not in gen and "(default: [])" not in gen
+
+    # A verb registered by another module opens with its one-line help too.
+    with pytest.raises(SystemExit):
+        main(["sweep", "--help"])
+    assert "Critical-step sweep: the negative starting at every step" in " ".join(capsys.readouterr().out.split())

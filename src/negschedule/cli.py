@@ -1,4 +1,4 @@
-"""The ``negschedule`` command line: parse, call the library, save.
+"""The negschedule command line: parse, call the library, save.
 
 Verbs: ``generate`` (one image), ``compare`` (no negative | negative from step 0 | from step k, one
 labelled image), and ``toy`` (train / evaluate the embedded toy-world model). Bad input prints one
@@ -62,7 +62,7 @@ def _textual_inversion(text: str) -> tuple[str, str]:
 
 
 def _add_generation_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--prompt", required=True)
+    p.add_argument("--prompt", required=True, help="what to draw; A1111 emphasis works, e.g. '(red:1.2) circle'")
     p.add_argument("--negative-prompt", default=None, help="may use A1111 prompt editing, e.g. '[:glasses:0.2]'")
     p.add_argument("--negative-prompt-2", default=None, help="SDXL only: the second text encoder's negative, on exactly when --negative-prompt is")
     p.add_argument("--negative-start", default=None, help="step (5) or fraction of steps (0.2); '1' is step 1, '1.0' all steps; 'auto' finds it while sampling")
@@ -93,11 +93,11 @@ def _add_generation_flags(p: argparse.ArgumentParser) -> None:
                    help="sigma_window: below --sigma-min drop the negative on odd steps only, as A1111's "
                         "Negative Guidance minimum sigma does unless 'NGMS all steps' is on")
     p.add_argument("--steps", type=int, default=20, help="num_inference_steps")
-    p.add_argument("--guidance-scale", "--cfg-scale", type=float, default=7.5, dest="guidance_scale")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--height", type=int, default=None)
-    p.add_argument("--width", type=int, default=None)
-    p.add_argument("--scheduler", default=None, help="ddim|ddpm|euler|euler_a|dpmpp_2m|lms|pndm|heun")
+    p.add_argument("--guidance-scale", "--cfg-scale", type=float, default=7.5, dest="guidance_scale", help="classifier-free guidance scale")
+    p.add_argument("--seed", type=int, default=0, help="torch generator seed")
+    p.add_argument("--height", type=int, default=None, help="pixels; default: the model's own size")
+    p.add_argument("--width", type=int, default=None, help="pixels; default: the model's own size")
+    p.add_argument("--scheduler", default=None, help="ddim|ddpm|euler|euler_a|dpmpp_2m|lms|pndm|heun; default: the model's own")
     p.add_argument("--model", default=None, help="folder, .safetensors file or hub id; default: embedded toy model")
     p.add_argument("--config", default=None, help="local diffusers config folder for a single-file checkpoint")
     p.add_argument(
@@ -349,24 +349,68 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Descriptions and examples as written; a flag's default after its help when it has a real one
+    (argparse's own defaults formatter also prints "(default: None)" and "(default: False)")."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        unset = action.default is None or action.default is False or action.default == [] or action.default is argparse.SUPPRESS
+        if action.option_strings and not unset and "default" not in text:
+            text += (" " if text else "") + "(default: %(default)s)"
+        return text
+
+
+class _SubParsers(argparse._SubParsersAction):
+    """Sub-commands whose ``--help`` opens with their one-line help when they give no description
+    (argparse shows it only in the parent's list). argparse's own class, stable since Python 2.7."""
+
+    def add_parser(self, name, **kwargs):
+        if kwargs.get("help"):
+            kwargs.setdefault("description", kwargs["help"][0].upper() + kwargs["help"][1:] + ".")
+        return super().add_parser(name, **kwargs)
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """argparse with its own errors (a value of the wrong type, a missing flag) on one line, like an
-    InputError's, instead of the usage block above it; sub-commands' parsers inherit the class."""
+    InputError's, instead of the usage block above it, and :class:`HelpFormatter`; sub-commands'
+    parsers inherit the class."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+        self.register("action", "parsers", _SubParsers)
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+EXAMPLES = """examples:
+  negschedule generate --prompt "girl eating pizza" --negative-prompt glasses --negative-start 5 --out pizza.png
+  negschedule compare --prompt "a red circle and a blue square" --negative-prompt "blue square" --negative-start 5 --out cmp.png
+  negschedule sweep --prompt "night, a red square" --negative-prompt moon --out runs/moon
+  negschedule serve
+
+'negschedule VERB --help' lists a verb's flags; without --model every verb uses the embedded toy model."""
+
+GENERATE_HELP = """One image with a timed negative prompt, saved as a PNG that carries its settings (A1111's
+'parameters' text key). --negative-start 5 runs steps 0-4 with the empty prompt and the negative
+from step 5 on; 0.25 is a fraction of the steps; 'auto' decides while sampling."""
+
+COMPARE_HELP = """Three images of one seed side by side, labelled: no negative | negative from step 0 | negative
+from the step you give (or the one 'auto' finds)."""
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
-    parser = ArgumentParser(prog="negschedule", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="negschedule", description=__doc__.splitlines()[0], epilog=EXAMPLES)
     parser.add_argument("--version", action="version", version=f"negschedule {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    gen = sub.add_parser("generate", help="one image with a timed negative prompt")
+    gen = sub.add_parser("generate", help="one image with a timed negative prompt", description=GENERATE_HELP)
     _add_generation_flags(gen)
     gen.set_defaults(func=cmd_generate)
-    cmp = sub.add_parser("compare", help="no negative | negative from step 0 | negative from step k")
+    cmp = sub.add_parser("compare", help="no negative | negative from step 0 | negative from step k", description=COMPARE_HELP)
     _add_generation_flags(cmp)
     cmp.set_defaults(func=cmd_compare)
     import importlib

@@ -39,6 +39,7 @@ def _add_fields(parser: argparse.ArgumentParser, config_cls) -> None:
     for f in dataclasses.fields(config_cls):
         default = f.default
         shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
+        shown = '""' if shown == "" else shown
         # A field naming one of a fixed set (--world) lists it in its help; a wrong name is refused by
         # the run itself, in one line naming the option (argparse's choices would print the usage too).
         choices = f.metadata.get("choices")
