@@ -105,6 +105,10 @@ def test_auto_settings_on_the_command_line(tmp_path, capsys, choice):
     start = int(fields.split("Auto start: ")[1].split(",")[0])
     assert 0 <= start <= 3 and "Auto signal: rollout" in fields and "Auto max start: 0.3" in fields
     assert ("Auto choice: verified" in fields) == (choice == "verified")
+    # The terminal hears the chosen step too (stderr; stdout is the path alone).
+    captured = capsys.readouterr()
+    assert f"auto started the negative at step {start} of 10" in captured.err
+    assert captured.out.strip() == str(tmp_path / "r.png")
     # The same start given as a number is the same image: the flags changed the rule, nothing else.
     fixed = [*common[:5], str(start), *common[6:]]
     assert main(["generate", *fixed, "--out", str(tmp_path / "k.png")]) == 0

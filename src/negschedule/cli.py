@@ -317,6 +317,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     pipe = _load(s)
     image = _generate(pipe, s)
     save_png(image, out, png_parameters(pipe, s))
+    if s.negative_start == "auto":  # the step it chose, for the person at the terminal (stdout stays the path)
+        print(f"negschedule generate: auto started the negative at step {s.auto_start} of {s.steps}", file=sys.stderr)
     print(out)
     return 0
 
