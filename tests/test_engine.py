@@ -116,8 +116,24 @@ def test_batched_branches_are_close_and_make_one_call_per_pass(tiny_sd):
         torch.testing.assert_close(batched.image(0, r), exact.image(0, r), rtol=1e-4, atol=1e-4)
 
 
-def test_calibrated_batching_groups_branches_and_counts_its_checks(tiny_sd):
+def _unet_row_by_row(unet, monkeypatch) -> None:
+    """Make ``unet`` evaluate a batch one row at a time: batched outputs then equal single ones by
+    construction, whatever this CPU's kernels do with a batch size."""
+    forward = unet.forward
+
+    def rows(sample, timestep, encoder_hidden_states=None, **kwargs):
+        outs = [forward(sample[i : i + 1], timestep, encoder_hidden_states=encoder_hidden_states[i : i + 1], **kwargs)[0]
+                for i in range(sample.shape[0])]
+        return (torch.cat(outs),)
+
+    monkeypatch.setattr(unet, "forward", rows)
+
+
+@pytest.mark.parametrize("exact_batches", [False, True])
+def test_calibrated_batching_groups_branches_and_counts_its_checks(tiny_sd, monkeypatch, exact_batches):
     set_scheduler(tiny_sd, "dpmpp_2m")
+    if exact_batches:
+        _unet_row_by_row(tiny_sd.unet, monkeypatch)
     T = 8
     runs = start_sweep_runs(NEG, range(T), T)
     exact = sample_runs(tiny_sd, runs, seeds=[0], prompt=PROMPT, num_inference_steps=T, output_type="latent")
@@ -127,8 +143,14 @@ def test_calibrated_batching_groups_branches_and_counts_its_checks(tiny_sd):
         assert torch.equal(calibrated.image(0, r), exact.image(0, r))
     assert calibrated.model_evaluations == exact.model_evaluations
     assert calibrated.calibration_evaluations > 0
-    # Fewer calls than one per branch and pass (grouped), more than one per pass (checked sizes only).
-    assert T < calibrated.unet_calls < exact.unet_calls
+    if exact_batches or calibrated.unet_calls < exact.unet_calls:
+        # Groups checked bit-identical: fewer calls than one per branch and pass, more than one per pass.
+        assert T < calibrated.unet_calls < exact.unet_calls
+    else:
+        # This CPU's batch of two branches differs in the last bits (seen on an AMD EPYC; not on the
+        # Intel machines before): the first check refutes it, every branch then runs alone.
+        assert calibrated.unet_calls == exact.unet_calls + 1
+        assert calibrated.calibration_evaluations == 2 * 2  # one check: two branches of two CFG rows
 
 
 def test_other_pipelines_are_refused(tiny_sd):
