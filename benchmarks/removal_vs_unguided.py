@@ -8,7 +8,7 @@ is roughly the negative's own prediction at weight 1 - the model *unguided*. Thi
 that reading on `toy eval`'s first caption set and seeds: for each two-shape caption it samples the
 image at guidance 1 (the prompt alone), at the model's guidance with no negative, and with the
 negative from step 0, and reports how often the named shape is removed where the unguided image
-draws it and where it does not.
+draws it and where it does not, and by the kind of pair and the named colour.
 
     python benchmarks/removal_vs_unguided.py [--model FOLDER] [--n 200] [--out result.json]
 """
@@ -48,6 +48,15 @@ def main() -> None:
     unguided = named_present(sample(pipe, prompts, seeds, replace(cfg, guidance_scale=1.0)))
     guided = named_present(sample(pipe, prompts, seeds, cfg))
     removed = ~named_present(sample(pipe, prompts, seeds, cfg, negative=negated, start=0))
+    # Where the misses are: the kind of pair (two shapes of one kind, of one colour, or neither) and the named colour.
+    kinds = ["same shape" if x.split()[1] == y.split()[1] else "same colour" if x.split()[0] == y.split()[0] else "differ"
+             for x, y in (r[1] for r in rows)]
+    by = {f"{label}: {value}": float(removed[[k == value for k in keys]].mean())
+          for label, keys in (("pair", kinds), ("named colour", [n.split()[0] for n in negated]))
+          for value in sorted(set(keys))}
+    counts = {f"{label}: {value}": keys.count(value)
+              for label, keys in (("pair", kinds), ("named colour", [n.split()[0] for n in negated]))
+              for value in sorted(set(keys))}
     figures = {
         "model": args.model or "shipped",
         "n": cfg.n,
@@ -56,6 +65,8 @@ def main() -> None:
         "named_removed": float(removed.mean()),
         "removed_where_unguided_draws_it": float(removed[unguided].mean()) if unguided.any() else None,
         "removed_where_unguided_does_not": float(removed[~unguided].mean()) if (~unguided).any() else None,
+        "removed_by": by,
+        "images_by": counts,
     }
     print(json.dumps(figures, indent=1))
     if args.out:
