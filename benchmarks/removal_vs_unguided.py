@@ -51,10 +51,7 @@ def main() -> None:
     # Where the misses are: the kind of pair (two shapes of one kind, of one colour, or neither) and the named colour.
     kinds = ["same shape" if x.split()[1] == y.split()[1] else "same colour" if x.split()[0] == y.split()[0] else "differ"
              for x, y in (r[1] for r in rows)]
-    by = {f"{label}: {value}": float(removed[[k == value for k in keys]].mean())
-          for label, keys in (("pair", kinds), ("named colour", [n.split()[0] for n in negated]))
-          for value in sorted(set(keys))}
-    counts = {f"{label}: {value}": keys.count(value)
+    groups = {f"{label}: {value}": np.array([k == value for k in keys])
               for label, keys in (("pair", kinds), ("named colour", [n.split()[0] for n in negated]))
               for value in sorted(set(keys))}
     figures = {
@@ -65,8 +62,8 @@ def main() -> None:
         "named_removed": float(removed.mean()),
         "removed_where_unguided_draws_it": float(removed[unguided].mean()) if unguided.any() else None,
         "removed_where_unguided_does_not": float(removed[~unguided].mean()) if (~unguided).any() else None,
-        "removed_by": by,
-        "images_by": counts,
+        "removed_by": {name: float(removed[members].mean()) for name, members in groups.items()},
+        "images_by": {name: int(members.sum()) for name, members in groups.items()},
     }
     print(json.dumps(figures, indent=1))
     if args.out:

@@ -99,27 +99,24 @@ def main() -> None:
         for k in (0, 2, 4):
             f = fixed(records, k)
             print(f"  start {k:<2}                                   removal {f['removal']:.3f}  SSIM {f['ssim']:.3f}")
-        for fractions in probe_sets:
-            probes = probe_steps(fractions, latest)
-            for name, decide in (("midpoint", rollout_decision), ("verified", rollout_verified)):
-                for per_prompt in (False, True):
-                    for jumps in [j if j == "truth" else int(j) for j in args.jumps.split(",")]:
-                        s = score(records, decide, probes, 2 if jumps == "truth" else jumps, per_prompt, steps, truth=jumps == "truth")
-                        label = f"{name:8} probes {str(probes):12} {'prompt' if per_prompt else 'image ':6} {str(jumps):5}"
-                        bound = 1 + rollout_extra_bound(probes, latest, 2 if jumps == "truth" else jumps, decide) / (2 * steps)
-                        print(f"  {label} removal {s['removal']:.3f}  SSIM {s['ssim']:.3f}  within {s['within']:.2f}  "
-                              f"start {s['start']:.2f}  cost {s['cost']:.2f}x (at most {bound:.2f}x per image)")
-        # The gate (auto.rollout_gate) asks one look-ahead, from step 0; its probes do not matter.
-        for gate_latest in (int(v) for v in args.gate_latest.split(",")):
+        def rows(label, decide, probes, policy_latest):
+            """One line per pooling and look-ahead: the policy replayed and its cost bound."""
             for per_prompt in (False, True):
                 for jumps in [j if j == "truth" else int(j) for j in args.jumps.split(",")]:
                     j = 2 if jumps == "truth" else jumps
-                    s = score(records, rollout_gate, (), j, per_prompt, steps, truth=jumps == "truth", latest=gate_latest)
-                    bound = 1 + rollout_extra_bound((), gate_latest, j, rollout_gate) / (2 * steps)
-                    label = f"gate     latest {gate_latest:<5}       {'prompt' if per_prompt else 'image ':6} {str(jumps):5}"
-                    print(f"  {label} removal {s['removal']:.3f}  SSIM {s['ssim']:.3f}  within {s['within']:.2f}  "
-                          f"start {s['start']:.2f}  cost {s['cost']:.2f}x (at most {bound:.2f}x per image)")
+                    s = score(records, decide, probes, j, per_prompt, steps, truth=jumps == "truth", latest=policy_latest)
+                    bound = 1 + rollout_extra_bound(probes, policy_latest, j, decide) / (2 * steps)
+                    print(f"  {label} {'prompt' if per_prompt else 'image ':6} {str(jumps):5} removal {s['removal']:.3f}  "
+                          f"SSIM {s['ssim']:.3f}  within {s['within']:.2f}  start {s['start']:.2f}  cost {s['cost']:.2f}x "
+                          f"(at most {bound:.2f}x per image)")
 
+        for fractions in probe_sets:
+            probes = probe_steps(fractions, latest)
+            for name, decide in (("midpoint", rollout_decision), ("verified", rollout_verified)):
+                rows(f"{name:8} probes {str(probes):12}", decide, probes, latest)
+        # The gate (auto.rollout_gate) asks one look-ahead, from step 0; its probes do not matter.
+        for gate_latest in (int(v) for v in args.gate_latest.split(",")):
+            rows(f"gate     latest {gate_latest:<5}      ", rollout_gate, (), gate_latest)
 
 if __name__ == "__main__":
     main()
