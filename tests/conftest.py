@@ -37,7 +37,9 @@ class StepRecorder:
 
         if self.pass_steps is None:
             self.pass_steps = step_of_passes(pipe.scheduler)
-        last_of_step = i + 1 == len(self.pass_steps) or self.pass_steps[i + 1] != self.pass_steps[i]
+        # img2img runs only the last passes: its loop ends before the full schedule's does.
+        passes = getattr(pipe, "num_timesteps", None) or len(self.pass_steps)
+        last_of_step = i + 1 == passes or self.pass_steps[i + 1] != self.pass_steps[i]
         if last_of_step:
             self.latents.append(kwargs["latents"].clone())
         return {}

@@ -344,3 +344,43 @@ def test_negative_prompt_2_bad_input(tiny_sd, tiny_sdxl):
     assert err.value.argument == "negative_prompt_2"
     with pytest.raises(InputError, match="plain CFG only"):
         generate(tiny_sdxl, prompt=PROMPT, negative_prompt=NEG, negative_prompt_2=NEG_2, negative_start="auto", num_inference_steps=N, output_type="latent", **XL)
+
+
+# img2img and inpainting run the last int(strength * N) steps of the N-step schedule. Their steps are
+# counted from 0 at the first step they run, as A1111 counts them in img2img (its denoiser's step
+# counter starts at 0 there, and fractions are of the N steps).
+I2I_N, I2I_STRENGTH, I2I_RUN = 10, 0.6, 6
+
+
+def _image_to_image(kind, tiny_sd, tiny_sdxl):
+    from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionInpaintPipeline, StableDiffusionXLImg2ImgPipeline
+
+    image = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    mask = torch.zeros(1, 1, 32, 32)
+    mask[..., 8:24, 8:24] = 1
+    if kind == "sdxl_img2img":
+        pipe, extra = StableDiffusionXLImg2ImgPipeline(**tiny_sdxl.components), {}
+    elif kind == "sd_inpaint":
+        pipe, extra = StableDiffusionInpaintPipeline(**tiny_sd.components), {"mask_image": mask}
+    else:
+        pipe, extra = StableDiffusionImg2ImgPipeline(**tiny_sd.components), {}
+    pipe.set_progress_bar_config(disable=True)
+    set_scheduler(pipe, "heun" if kind == "sd_img2img_heun" else "euler" if kind == "sdxl_img2img" else "ddim")
+    return pipe, dict(prompt=PROMPT, image=image, strength=I2I_STRENGTH, num_inference_steps=I2I_N, **extra)
+
+
+@pytest.mark.parametrize("kind", ["sd_img2img", "sd_img2img_heun", "sd_inpaint", "sdxl_img2img"])
+def test_image_to_image_counts_the_steps_it_runs_from_zero(tiny_sd, tiny_sdxl, kind):
+    pipe, run = _image_to_image(kind, tiny_sd, tiny_sdxl)
+    expected_neg, _ = latents_of(stock, pipe, negative_prompt=NEG, **run)
+    expected_none, ref_steps = latents_of(stock, pipe, **run)
+    assert len(ref_steps) == I2I_RUN
+    assert torch.equal(latents_of(generate, pipe, negative_prompt=NEG, negative_start=0, **run)[0], expected_neg)
+    # Past the steps it runs, the negative never acts (A1111's [:x:0.6] at strength 0.6 never switches either).
+    assert torch.equal(latents_of(generate, pipe, negative_prompt=NEG, negative_start=I2I_RUN, **run)[0], expected_none)
+    got, steps = latents_of(generate, pipe, negative_prompt=NEG, negative_start=2, **run)
+    assert all(torch.equal(steps[s], ref_steps[s]) for s in range(2)) and not torch.equal(steps[2], ref_steps[2])
+    # A fraction is of the N-step schedule: 0.3 of 10 is the run's step 3.
+    assert torch.equal(latents_of(generate, pipe, negative_prompt=NEG, negative_start=0.3, **run)[0],
+                       latents_of(generate, pipe, negative_prompt=NEG, negative_start=3, **run)[0])
+    assert not torch.equal(got, expected_neg) and not torch.equal(got, expected_none)
