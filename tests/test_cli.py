@@ -13,6 +13,8 @@ from PIL import Image
 
 from negschedule.cli import main
 
+PICTURE = str(Path(__file__).resolve().parents[1] / "docs" / "img" / "toyworld_scenes.png")  # any picture on disk
+
 
 def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
@@ -84,6 +86,13 @@ def test_compare_with_auto_labels_the_step_it_chose(tmp_path):
         (["--negative-prompt", "moon", "--negative-start", "auto", "--auto-signal", "rollout", "--auto-choice", "closest"], "auto_choice"),
         (["--negative-prompt", "moon", "--negative-start", "auto", "--auto-choice", "verified"], "auto_choice"),  # attention has no search
         (["--negative-prompt", "glasses", "--negative-start", "auto", "--auto-signal", "detector"], "auto_signal"),  # no toy word
+        (["--init-image", "/no/such/picture.png"], "init_image"),
+        (["--init-image", __file__], "init_image"),  # not a picture
+        (["--strength", "0.5"], "strength"),  # needs --init-image
+        (["--init-image", PICTURE, "--strength", "1.5"], "strength"),
+        (["--init-image", PICTURE, "--strength", "0.04", "--steps", "20"], "strength"),  # int(0.8) = 0 steps
+        (["--init-image", PICTURE, "--negative-prompt", "g", "--guidance", "perp_neg"], "init_image"),
+        (["--init-image", PICTURE, "--width", "64"], "width"),
     ],
 )
 def test_bad_input_exit_2_one_line_no_file(tmp_path, capsys, args, argument):
@@ -207,3 +216,32 @@ def test_help_shows_descriptions_examples_and_real_defaults(capsys):
     with pytest.raises(SystemExit):
         main(["sweep", "--help"])
     assert "Critical-step sweep: the negative starting at every step" in " ".join(capsys.readouterr().out.split())
+
+
+def test_image_to_image_on_the_command_line(tmp_path):
+    """--init-image/--strength: the toy model's img2img form, timed as generate() times it, with A1111's strength field."""
+    import torch
+
+    from negschedule import generate, load_pipeline
+    from negschedule.models import image_to_image
+    from negschedule.toyworld import world
+
+    picture, caption = world.sample(11)
+    picture.save(tmp_path / "init.png")
+    common = ["--prompt", caption, "--negative-prompt", "moon", "--steps", "10", "--seed", "5",
+              "--init-image", str(tmp_path / "init.png"), "--strength", "0.6"]
+    assert main(["generate", *common, "--negative-start", "2", "--out", str(tmp_path / "k2.png")]) == 0
+    fields = Image.open(tmp_path / "k2.png").text["parameters"].splitlines()[2]
+    assert "Denoising strength: 0.6" in fields and f"Size: {picture.width}x{picture.height}" in fields
+
+    pipe = image_to_image(load_pipeline())
+    pipe.set_progress_bar_config(disable=True)
+    assert type(pipe).__name__ == "StableDiffusionImg2ImgPipeline"
+    call = dict(prompt=caption, image=picture, strength=0.6, num_inference_steps=10)
+    library = generate(pipe, negative_prompt="moon", negative_start=2, generator=torch.Generator().manual_seed(5), **call).images[0]
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "k2.png").convert("RGB")), np.asarray(library))
+    # From step 0 it is the stock img2img pipeline with the negative prompt, bit for bit.
+    assert main(["generate", *common, "--negative-start", "0", "--out", str(tmp_path / "k0.png")]) == 0
+    stock = pipe(negative_prompt="moon", generator=torch.Generator().manual_seed(5), **call).images[0]
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "k0.png").convert("RGB")), np.asarray(stock))
+    assert not np.array_equal(np.asarray(stock), np.asarray(library))

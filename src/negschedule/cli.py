@@ -46,6 +46,11 @@ class RunSettings:
     auto_max_start: float | None = None  # with --negative-start auto: the latest start, a fraction (None = the default)
     auto_choice: str | None = None  # with --auto-signal rollout: midpoint, verified or gate (an AutoStart.choice; None = the default)
     auto_start: int | None = None  # with --negative-start auto: the step it chose (filled in after sampling)
+    init_image: str | None = None  # img2img: the picture to start from (None = text to image)
+    strength: float | None = None  # img2img: share of the schedule redrawn, (0, 1] (None = the pipeline's 0.8)
+
+
+DEFAULT_STRENGTH = 0.8  # the img2img pipelines' own default strength
 
 
 def _step_value(text: str, argument: str) -> int | float:
@@ -108,6 +113,11 @@ def _add_generation_flags(p: argparse.ArgumentParser) -> None:
         metavar="PATH:TOKEN",
         help="load an embedding under TOKEN (e.g. easynegative.safetensors:EasyNegativeV2); repeatable",
     )
+    p.add_argument("--init-image", default=None, metavar="PATH",
+                   help="img2img: start from this picture (resized to --width x --height when both are given)")
+    p.add_argument("--strength", type=float, default=None,
+                   help=f"img2img: how much of the picture is redrawn, in (0, 1]; the run makes int(strength * steps) "
+                        f"steps, counted from 0 for --negative-start (default: {DEFAULT_STRENGTH}, diffusers')")
     p.add_argument("--out", required=True, help="output PNG path (its folder must exist)")
 
 
@@ -143,6 +153,8 @@ def _settings(args: argparse.Namespace) -> RunSettings:
         auto_signal=args.auto_signal,
         auto_max_start=args.auto_max_start,
         auto_choice=args.auto_choice,
+        init_image=args.init_image,
+        strength=args.strength,
     )
 
 
@@ -168,6 +180,40 @@ def _pipeline_class(model: str | None) -> str | None:
         return None
 
 
+def _init_image(s: RunSettings):
+    """The img2img starting picture, RGB, resized to --width x --height when both are given (A1111's "just resize")."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(s.init_image) as image:
+            image = image.convert("RGB")
+    except FileNotFoundError:
+        raise InputError("init_image", s.init_image, "no such file") from None
+    except (UnidentifiedImageError, OSError) as err:
+        raise InputError("init_image", s.init_image, f"not a readable image ({err.__class__.__name__})") from None
+    if s.width and s.height and image.size != (s.width, s.height):
+        image = image.resize((s.width, s.height), Image.Resampling.LANCZOS)
+    return image
+
+
+def _check_image_to_image(s: RunSettings) -> None:
+    if s.init_image is None:
+        if s.strength is not None:
+            raise InputError("strength", s.strength, "needs --init-image")
+        return
+    strength = DEFAULT_STRENGTH if s.strength is None else s.strength
+    if not 0 < strength <= 1:
+        raise InputError("strength", strength, "must be in (0, 1]")
+    if int(strength * s.steps) < 1:
+        raise InputError("strength", strength, f"makes no step of {s.steps} (int(strength * steps) = 0)")
+    if s.negative_start == "auto" or s.guidance not in ("cfg", "timed"):
+        raise InputError("init_image", s.init_image, "works with --guidance cfg and a fixed --negative-start "
+                                                     "(the other rules and auto draw text to image only)")
+    if bool(s.width) != bool(s.height):
+        raise InputError("width" if s.width else "height", s.width or s.height, "with --init-image give both --width and --height, or neither")
+    _init_image(s)
+
+
 def _check_before_loading(s: RunSettings) -> None:
     """Everything that can be checked without the model, so bad input costs no loading time."""
     from .generate import require_cfg
@@ -186,6 +232,7 @@ def _check_before_loading(s: RunSettings) -> None:
         if pipeline_class is not None and "XL" not in pipeline_class:
             raise InputError("negative_prompt_2", s.negative_prompt_2, f"is for SDXL pipelines; the model is a {pipeline_class}")
     _auto(s)  # bad --auto-* values, or --auto-* without --negative-start auto, fail here
+    _check_image_to_image(s)
     if has_negative:
         from .generate import plan_negatives
 
@@ -234,6 +281,10 @@ def _load(s: RunSettings):
     from .models import load_pipeline
 
     pipe = load_pipeline(s.model, scheduler=s.scheduler, config=s.config, textual_inversions=s.textual_inversions)
+    if s.init_image is not None:
+        from .models import image_to_image
+
+        pipe = image_to_image(pipe)
     pipe.set_progress_bar_config(disable=False, leave=True, file=sys.stderr)
     return pipe
 
@@ -256,10 +307,13 @@ def _generate(pipe, s: RunSettings, **timing: Any):
         guidance=_guidance(s),
         negative_prompt_2=s.negative_prompt_2,
     )
-    if s.height:
-        kwargs["height"] = s.height
-    if s.width:
-        kwargs["width"] = s.width
+    if s.init_image is not None:  # the picture sets the size; img2img pipelines take no height/width
+        kwargs.update(image=_init_image(s), strength=DEFAULT_STRENGTH if s.strength is None else s.strength)
+    else:
+        if s.height:
+            kwargs["height"] = s.height
+        if s.width:
+            kwargs["width"] = s.width
     kwargs.update(timing)
     if kwargs["negative_prompt_2"] is None:
         del kwargs["negative_prompt_2"]  # SD 1.x pipelines do not take the argument at all
@@ -277,13 +331,18 @@ def png_parameters(pipe, s: RunSettings, **extra: Any) -> str:
     from .models import default_model_name
     from .schedulers import scheduler_name
 
+    if s.init_image is not None:
+        size = "x".join(map(str, _init_image(s).size))
+    else:
+        size = (f"{s.width or pipe.unet.config.sample_size * pipe.vae_scale_factor}x"
+                f"{s.height or pipe.unet.config.sample_size * pipe.vae_scale_factor}")
     settings = {
         "Steps": s.steps,
         "Sampler": s.scheduler or scheduler_name(pipe.scheduler),
         "CFG scale": s.guidance_scale,
         "Seed": s.seed,
-        "Size": f"{s.width or pipe.unet.config.sample_size * pipe.vae_scale_factor}x"
-        f"{s.height or pipe.unet.config.sample_size * pipe.vae_scale_factor}",
+        "Size": size,
+        "Denoising strength": None if s.init_image is None else (DEFAULT_STRENGTH if s.strength is None else s.strength),
         "Model": s.model or default_model_name(),
         "Negative prompt 2": s.negative_prompt_2,
         "Negative start": s.negative_start,
