@@ -86,6 +86,8 @@ def test_compare_with_auto_labels_the_step_it_chose(tmp_path):
         (["--negative-prompt", "moon", "--negative-start", "auto", "--auto-signal", "rollout", "--auto-choice", "closest"], "auto_choice"),
         (["--negative-prompt", "moon", "--negative-start", "auto", "--auto-choice", "verified"], "auto_choice"),  # attention has no search
         (["--negative-prompt", "glasses", "--negative-start", "auto", "--auto-signal", "detector"], "auto_signal"),  # no toy word
+        (["--negative-prompt", "g", "--negative-start", "percent:2"], "negative_start"),
+        (["--negative-prompt", "g", "--negative-end", "sigma:abc"], "negative_end"),
         (["--init-image", "/no/such/picture.png"], "init_image"),
         (["--init-image", __file__], "init_image"),  # not a picture
         (["--strength", "0.5"], "strength"),  # needs --init-image
@@ -245,3 +247,19 @@ def test_image_to_image_on_the_command_line(tmp_path):
     stock = pipe(negative_prompt="moon", generator=torch.Generator().manual_seed(5), **call).images[0]
     assert np.array_equal(np.asarray(Image.open(tmp_path / "k0.png").convert("RGB")), np.asarray(stock))
     assert not np.array_equal(np.asarray(stock), np.asarray(library))
+
+
+def test_noise_level_start_on_the_command_line(tmp_path):
+    """--negative-start percent:P is generate(negative_start=TimestepPercent(P)), recorded as written."""
+    import torch
+
+    from negschedule import TimestepPercent, generate, load_pipeline
+
+    common = ["--prompt", "night, a red circle", "--negative-prompt", "moon", "--steps", "10", "--seed", "2"]
+    assert main(["generate", *common, "--negative-start", "percent:0.3", "--out", str(tmp_path / "p.png")]) == 0
+    assert "Negative start: percent:0.3" in Image.open(tmp_path / "p.png").text["parameters"]
+    pipe = load_pipeline()
+    pipe.set_progress_bar_config(disable=True)
+    image = generate(pipe, prompt="night, a red circle", negative_prompt="moon", negative_start=TimestepPercent(0.3),
+                     num_inference_steps=10, generator=torch.Generator().manual_seed(2)).images[0]
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "p.png").convert("RGB")), np.asarray(image))

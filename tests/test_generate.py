@@ -384,3 +384,76 @@ def test_image_to_image_counts_the_steps_it_runs_from_zero(tiny_sd, tiny_sdxl, k
     assert torch.equal(latents_of(generate, pipe, negative_prompt=NEG, negative_start=0.3, **run)[0],
                        latents_of(generate, pipe, negative_prompt=NEG, negative_start=3, **run)[0])
     assert not torch.equal(got, expected_neg) and not torch.equal(got, expected_none)
+
+
+def _sigma_reference_loop(pipe, sigma_start: float, sigma_end: float, seed: int, steps: int = N, scale: float = 7.5):
+    """A loop written from scratch that decides by noise level, as ComfyUI's conditioning range does:
+    the negative while ``sigma_end <= sigma <= sigma_start`` at the step's own sigma, "" elsewhere."""
+    scheduler = pipe.scheduler
+    scheduler.set_timesteps(steps)
+    assert len(scheduler.timesteps) == steps
+    generator = torch.Generator().manual_seed(seed)
+    latents = torch.randn((1, pipe.unet.config.in_channels, 16, 16), generator=generator) * scheduler.init_noise_sigma
+    alphas = scheduler.alphas_cumprod.double()
+    with torch.no_grad():
+        ids = lambda text: pipe.tokenizer(text, padding="max_length", max_length=77, truncation=True,
+                                          return_tensors="pt").input_ids
+        positive, empty, negative = (pipe.text_encoder(ids(t))[0] for t in (PROMPT, "", NEG))
+        for step, t in enumerate(scheduler.timesteps):
+            if hasattr(scheduler, "sigmas"):
+                sigma = float(scheduler.sigmas[step])
+            else:
+                sigma = float(((1 - alphas[int(t)]) / alphas[int(t)]) ** 0.5)
+            uncond = negative if sigma_end <= sigma <= sigma_start else empty
+            model_input = scheduler.scale_model_input(torch.cat([latents, latents]), t)
+            eps_u, eps_c = pipe.unet(model_input, t, encoder_hidden_states=torch.cat([uncond, positive])).sample.chunk(2)
+            kwargs = {"generator": generator} if "generator" in inspect.signature(scheduler.step).parameters else {}
+            latents = scheduler.step(eps_u + scale * (eps_c - eps_u), t, latents, **kwargs).prev_sample
+    return latents
+
+
+@pytest.mark.parametrize("scheduler", ["ddim", "euler_a", "dpmpp_2m"])
+def test_noise_level_bounds_match_a_loop_that_decides_by_sigma(tiny_sd, scheduler):
+    """negative_start=TimestepPercent(p) / negative_end=Sigma(s) act where ComfyUI's start_percent / a sigma bound would."""
+    from negschedule import Sigma, TimestepPercent
+
+    from .test_schedule import _comfy_percent_to_sigma
+
+    set_scheduler(tiny_sd, scheduler)
+    sigma_start = _comfy_percent_to_sigma(0.3, tiny_sd.scheduler.alphas_cumprod.double())
+    expected = _sigma_reference_loop(tiny_sd, sigma_start, 1.0, seed=5)
+    got, _ = latents_of(generate, tiny_sd, prompt=PROMPT, negative_prompt=NEG, negative_start=TimestepPercent(0.3),
+                        negative_end=Sigma(1.0), seed=5)
+    assert torch.equal(got, expected)
+    # The window is a real one here: neither the whole run nor nothing.
+    assert not torch.equal(got, latents_of(stock, tiny_sd, prompt=PROMPT, negative_prompt=NEG, seed=5)[0])
+    assert not torch.equal(got, latents_of(stock, tiny_sd, prompt=PROMPT, seed=5)[0])
+
+
+def test_noise_level_bounds_bad_input(tiny_sd, tiny_sdxl):
+    from negschedule import NegativeWindow, Sigma, TimestepPercent
+
+    set_scheduler(tiny_sd, "euler")
+    with pytest.raises(InputError) as err:  # sigma 2 lies after sigma 1's step would start: an empty window
+        generate(tiny_sd, prompt=PROMPT, negative_prompt=NEG, negative_start=Sigma(1.0), negative_end=Sigma(2.0), num_inference_steps=N)
+    assert err.value.argument == "negative_end" and "sigma:2" in str(err.value)
+    with pytest.raises(InputError) as err:
+        generate(tiny_sd, prompt=PROMPT, negative_windows=[NegativeWindow(NEG, TimestepPercent(1.5))], num_inference_steps=N)
+    assert err.value.argument == "negative_start"
+    pipe, run = _image_to_image("sd_img2img", tiny_sd, tiny_sdxl)
+    with pytest.raises(InputError, match="text-to-image"):
+        generate(pipe, negative_prompt=NEG, negative_start=TimestepPercent(0.2), **run)
+
+
+def test_noise_level_window_on_heun_uses_each_steps_first_pass(tiny_sd):
+    """Heun evaluates twice per step; a sigma bound falls on a step by that step's own (first-pass) sigma."""
+    from negschedule import Sigma
+    from negschedule.noise_levels import step_sigmas
+
+    set_scheduler(tiny_sd, "heun")
+    scheduler = tiny_sd.scheduler
+    scheduler.set_timesteps(N)
+    sigmas = step_sigmas(scheduler)
+    assert sigmas == [float(scheduler.sigmas[2 * s]) for s in range(N)] and sigmas == sorted(sigmas, reverse=True)
+    got, _ = latents_of(generate, tiny_sd, prompt=PROMPT, negative_prompt=NEG, negative_start=Sigma(sigmas[2]))
+    assert torch.equal(got, latents_of(generate, tiny_sd, prompt=PROMPT, negative_prompt=NEG, negative_start=2)[0])

@@ -491,3 +491,61 @@ def test_check_a1111_syntax_names_the_given_argument():
         check_a1111_syntax("[a:b:x]", argument="prompt")
     with raises_input_error("negative_prompt"):
         check_a1111_syntax(3)  # type: ignore[arg-type]
+
+
+# ---- noise-level bounds (sigma, ComfyUI's timestep percent) ---------------------------------------
+
+
+def _comfy_percent_to_sigma(percent: float, alphas_cumprod) -> float:
+    """ComfyUI's ModelSamplingDiscrete.percent_to_sigma, written again here on tensors."""
+    import torch
+
+    if percent <= 0.0:
+        return 999999999.9
+    if percent >= 1.0:
+        return 0.0
+    log_sigmas = (((1 - alphas_cumprod) / alphas_cumprod) ** 0.5).log()
+    t = torch.tensor((1.0 - percent) * 999.0).clamp(0, len(log_sigmas) - 1)
+    low, high, w = t.floor().long(), t.ceil().long(), t.frac()
+    return float(((1 - w) * log_sigmas[low] + w * log_sigmas[high]).exp())
+
+
+def test_timestep_percent_is_comfyuis_sigma():
+    from diffusers import DDIMScheduler
+
+    from negschedule.noise_levels import training_sigmas
+    from negschedule.schedule import TimestepPercent
+
+    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
+    table = training_sigmas(scheduler)
+    for p in (0.05, 0.2, 1 / 3, 0.5, 0.777, 0.99):
+        assert TimestepPercent(p).sigma(table) == pytest.approx(_comfy_percent_to_sigma(p, scheduler.alphas_cumprod.double()), rel=1e-6)
+    assert TimestepPercent(0).sigma(table) > 1e6 and TimestepPercent(1).sigma(table) == 0.0
+
+
+def test_noise_level_bounds_are_inclusive_in_sigma():
+    from negschedule.schedule import Sigma, noise_level_step
+
+    steps = [10.0, 5.0, 2.0, 1.0, 0.5]
+    # A start at sigma 2 is on from the step with sigma 2 (ComfyUI: active while sigma <= start).
+    assert noise_level_step(Sigma(2.0), steps, [], is_end=False) == 2
+    assert noise_level_step(Sigma(2.5), steps, [], is_end=False) == 2
+    # An end at sigma 1 keeps the step with sigma 1 (active while sigma >= end), off from 0.5.
+    assert noise_level_step(Sigma(1.0), steps, [], is_end=True) == 4
+    assert noise_level_step(Sigma(0.9), steps, [], is_end=True) == 4
+    assert noise_level_step(Sigma(100.0), steps, [], is_end=False) == 0
+    assert noise_level_step(Sigma(0.0), steps, [], is_end=True) == 5
+
+
+def test_noise_levels_on_the_command_line_and_outside_generate():
+    from negschedule.schedule import NegativeSchedule, Sigma, TimestepPercent
+
+    assert parse_step_value("percent:0.2") == TimestepPercent(0.2)
+    assert parse_step_value(" sigma:3 ", "negative_end") == Sigma(3.0)
+    for text in ("percent:1.5", "sigma:-1", "sigma:", "percent:nan", "sigma:inf"):
+        with pytest.raises(InputError) as err:
+            parse_step_value(text, "negative_end")
+        assert err.value.argument == "negative_end"
+    # Without a scheduler there is no step to find: one clear error, not a guess.
+    with pytest.raises(InputError, match="generate"):
+        NegativeSchedule.from_args("hat", negative_start=TimestepPercent(0.2)).texts(10)

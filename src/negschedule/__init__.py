@@ -10,7 +10,7 @@ __version__ = "0.1.0"
 from .callbacks import NegativeScheduleCallback
 from .errors import InputError
 from .generate import generate
-from .schedule import NegativeSchedule, NegativeWindow
+from .schedule import NegativeSchedule, NegativeWindow, Sigma, TimestepPercent
 
 
 def load_pipeline(*args, **kwargs):
@@ -25,6 +25,8 @@ __all__ = [
     "NegativeSchedule",
     "NegativeScheduleCallback",
     "NegativeWindow",
+    "Sigma",
+    "TimestepPercent",
     "generate",
     "load_pipeline",
     "__version__",

@@ -70,8 +70,9 @@ def _add_generation_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prompt", required=True, help="what to draw; A1111 emphasis works, e.g. '(red:1.2) circle'")
     p.add_argument("--negative-prompt", default=None, help="may use A1111 prompt editing, e.g. '[:glasses:0.2]'")
     p.add_argument("--negative-prompt-2", default=None, help="SDXL only: the second text encoder's negative, on exactly when --negative-prompt is")
-    p.add_argument("--negative-start", default=None, help="step (5) or fraction of steps (0.2); '1' is step 1, '1.0' all steps; 'auto' finds it while sampling")
-    p.add_argument("--negative-end", default=None, help="exclusive end, step or fraction")
+    p.add_argument("--negative-start", default=None, help="step (5) or fraction of steps (0.2); '1' is step 1, '1.0' all steps; 'auto' finds it while sampling; "
+                        "percent:0.2 or sigma:3.0, a noise level (ComfyUI's start_percent)")
+    p.add_argument("--negative-end", default=None, help="exclusive end: step, fraction, percent:P or sigma:S")
     p.add_argument("--auto-signal", default=None,
                    help="with --negative-start auto, what decides the start: attention (default), alignment, detector, "
                         "negative_preview, rollout (the last three read the toy world's detector; docs/guidance.md)")
@@ -236,8 +237,14 @@ def _check_before_loading(s: RunSettings) -> None:
     if has_negative:
         from .generate import plan_negatives
 
-        start = None if s.negative_start == "auto" else s.negative_start
-        plan_negatives(s.negative_prompt, s.steps, 1, start, s.negative_end, s.negative_windows)
+        from .schedule import NoiseLevel
+
+        # A noise-level bound becomes a step against the model's scheduler (after loading); the rest is checked now.
+        def steps_only(bound):
+            return None if isinstance(bound, NoiseLevel) or bound == "auto" else bound
+
+        windows = [(prompt, steps_only(start) or 0, steps_only(end)) for prompt, start, end in s.negative_windows]
+        plan_negatives(s.negative_prompt, s.steps, 1, steps_only(s.negative_start), steps_only(s.negative_end), windows)
     elif s.negative_start is not None or s.negative_end is not None:
         raise InputError("negative_start", s.negative_start, "needs a --negative-prompt to time")
 

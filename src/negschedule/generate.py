@@ -208,7 +208,10 @@ def generate(
     """Call ``pipe`` with its own keywords and a negative prompt that acts only in a window of steps.
 
     ``negative_start`` / ``negative_end``: an int is a 0-based step, a float in [0, 1] a fraction of
-    ``num_inference_steps`` (``int(f * N)``); the window is half-open ``[start, end)``.
+    ``num_inference_steps`` (``int(f * N)``); the window is half-open ``[start, end)``. A
+    :class:`~negschedule.schedule.Sigma` or :class:`~negschedule.schedule.TimestepPercent` bound is a
+    noise level: the negative acts at the steps whose sigma lies in ``[sigma_end, sigma_start]``, as
+    ComfyUI's ``ConditioningSetTimestepRange`` (``TimestepPercent(0.2)`` is its ``start_percent`` 0.2).
     ``negative_windows``: further ``NegativeWindow(prompt, start, end)`` (or tuples), each acting in
     its own window; texts active together are joined with ", ". The negative prompt may use
     AUTOMATIC1111 prompt editing (``[:glasses:0.2]``). Prompt and negative may use A1111 emphasis
@@ -224,6 +227,13 @@ def generate(
     whose loop draws the pipeline's progress bar and calls ``callback_on_step_end`` too, offering
     the latents only.
     """
+    from .noise_levels import resolve_noise_levels
+
+    # Sigma / timestep-percent bounds become steps first, so everything below sees steps only.
+    negative_start, negative_end, negative_windows = resolve_noise_levels(
+        pipe, kwargs.get("num_inference_steps", call_defaults(pipe).get("num_inference_steps", 50)), kwargs,
+        negative_start, negative_end, negative_windows,
+    )
     if _needs_engine(guidance, negative_start):
         if negative_windows or cfg_off:
             raise InputError("negative_windows" if negative_windows else "cfg_off", negative_windows or cfg_off, "not combined with this guidance")

@@ -8,6 +8,11 @@ its timing from here, so the boundaries are defined, validated and tested in one
 
 Units. A step is an ``int`` (0-based); a ``float`` in [0, 1] is a fraction of the
 ``N = num_inference_steps`` steps, ``k = int(f * N)``. A window ``[start, end)`` is half-open.
+The third unit is a noise level, :class:`Sigma` or :class:`TimestepPercent` (ComfyUI's
+``start_percent``): the negative is on at the steps whose sigma lies in ``[sigma_end, sigma_start]``,
+as ComfyUI's ``ConditioningSetTimestepRange`` decides. Sigmas fall step by step, so such a bound is
+a step too once the scheduler's sigmas are known: :func:`noise_level_step` finds it (``generate()``
+does, before anything else sees the bound).
 
 Prompt editing inside a negative prompt follows AUTOMATIC1111's webui exactly
 (``[from:to:when]``, ``[to:when]``, ``[from::when]``, nesting, alternation ``[a|b]``); emphasis
@@ -45,7 +50,82 @@ __all__ = [
     "a1111_schedule",
     "a1111_texts",
     "check_a1111_syntax",
+    "NoiseLevel",
+    "Sigma",
+    "TimestepPercent",
+    "noise_level_step",
 ]
+
+
+@dataclass(frozen=True)
+class NoiseLevel:
+    """A window bound given as a noise level instead of a step (see :class:`Sigma`, :class:`TimestepPercent`)."""
+
+    value: float
+
+    def sigma(self, training_sigmas: list[float]) -> float:
+        raise NotImplementedError
+
+    def check(self, argument: str) -> None:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class Sigma(NoiseLevel):
+    """A noise level in k-diffusion's sigma, ``sqrt((1 - alpha_bar) / alpha_bar)`` (A1111's "minimum sigma" unit)."""
+
+    def sigma(self, training_sigmas: list[float]) -> float:
+        return float(self.value)
+
+    def check(self, argument: str) -> None:
+        if not (isinstance(self.value, numbers.Real) and not isinstance(self.value, bool) and 0 <= self.value < math.inf):
+            raise InputError(argument, str(self), "a sigma must be a number >= 0")
+
+    def __str__(self) -> str:
+        return f"sigma:{self.value:g}"
+
+
+@dataclass(frozen=True)
+class TimestepPercent(NoiseLevel):
+    """ComfyUI's ``start_percent`` / ``end_percent``: a point of the model's training-timestep range.
+
+    0 is the noisiest end (every step lies after it), 1 the clean end. In between, as ComfyUI's
+    ``ModelSamplingDiscrete.percent_to_sigma`` reads it, the sigma at the fractional training
+    timestep ``(1 - p) * 999``, log-sigma interpolated between the two integer timesteps around it.
+    """
+
+    def sigma(self, training_sigmas: list[float]) -> float:
+        p = float(self.value)
+        if p <= 0.0:
+            return math.inf
+        if p >= 1.0:
+            return 0.0
+        # ComfyUI writes 999.0 whatever the schedule's length; clamped as it clamps.
+        t = min(max((1.0 - p) * 999.0, 0.0), len(training_sigmas) - 1.0)
+        low, high = math.floor(t), math.ceil(t)
+        w = t - low
+        return math.exp((1 - w) * math.log(training_sigmas[low]) + w * math.log(training_sigmas[high]))
+
+    def check(self, argument: str) -> None:
+        if not (isinstance(self.value, numbers.Real) and not isinstance(self.value, bool) and 0 <= self.value <= 1):
+            raise InputError(argument, str(self), "a timestep percent must lie in [0, 1]")
+
+    def __str__(self) -> str:
+        return f"percent:{self.value:g}"
+
+
+def noise_level_step(bound: NoiseLevel, step_sigmas: list[float], training_sigmas: list[float], is_end: bool) -> int:
+    """The step a noise-level bound falls on, given each step's sigma (falling) and the training sigmas.
+
+    A start at sigma ``s`` turns the negative on at the first step with sigma <= ``s``; an end at
+    ``s`` turns it off at the first step with sigma < ``s`` - both ends inclusive in sigma, as
+    ComfyUI's conditioning range is (a cond acts while ``sigma_end <= sigma <= sigma_start``).
+    """
+    s = bound.sigma(training_sigmas)
+    if is_end:
+        return sum(1 for sigma in step_sigmas if sigma >= s)
+    return sum(1 for sigma in step_sigmas if sigma > s)
+
 
 StepValue = Union[int, float]
 
@@ -76,6 +156,9 @@ def resolve_step(value: StepValue, num_inference_steps: int, argument: str) -> i
     n = _check_num_steps(num_inference_steps)
     if isinstance(value, bool):
         raise InputError(argument, value, "must be an int step or a float fraction, not a bool")
+    if isinstance(value, NoiseLevel):
+        raise InputError(argument, str(value), "a noise level becomes a step only against a scheduler's sigmas: "
+                                               "give it to generate(), which resolves it")
     if isinstance(value, numbers.Integral):
         if value < 0:
             raise InputError(argument, value, "a step must be >= 0")
@@ -108,6 +191,15 @@ def parse_step_value(text: str, argument: str = "negative_start") -> StepValue:
     if not isinstance(text, str):
         raise InputError(argument, text, "must be a string")
     stripped = text.strip()
+    unit, sep, number = stripped.partition(":")
+    if sep and unit.strip().lower() in ("sigma", "percent"):
+        try:
+            value = float(number)
+        except ValueError:
+            raise InputError(argument, text, f"expected a number after '{unit}:'") from None
+        level = Sigma(value) if unit.strip().lower() == "sigma" else TimestepPercent(value)
+        level.check(argument)
+        return level
     if _INT_TEXT.fullmatch(stripped):
         return int(stripped)
     if _FRACTION_TEXT.fullmatch(stripped):
@@ -117,7 +209,8 @@ def parse_step_value(text: str, argument: str = "negative_start") -> StepValue:
                 argument, text, "a value with a decimal point is a fraction and must lie in [0, 1] (write an int for a step)"
             )
         return value
-    raise InputError(argument, text, "expected a step (e.g. 5) or a fraction with a decimal point (e.g. 0.2)")
+    raise InputError(argument, text, "expected a step (e.g. 5), a fraction with a decimal point (e.g. 0.2), "
+                                     "sigma:S or percent:P (a noise level, ComfyUI's timestep percent)")
 
 
 # --------------------------------------------------------------------------------------------
