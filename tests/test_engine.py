@@ -206,3 +206,14 @@ def test_bad_input_names_the_argument(tiny_sd, kwargs, runs, argument):
     with pytest.raises(InputError) as err:
         sample_runs(tiny_sd, runs, seeds=[0], **call)
     assert err.value.argument == argument
+
+
+def test_noise_level_bounds_resolve_in_the_engine_as_in_generate(tiny_sd):
+    """Sweeps and attention maps take sigma / timestep-percent bounds too, falling on generate()'s steps."""
+    from negschedule import Sigma, TimestepPercent
+
+    set_scheduler(tiny_sd, "euler")
+    runs = [Run(NEG, TimestepPercent(0.3), Sigma(1.0)), Run(NEG, 1, 3)]
+    result = sample_runs(tiny_sd, runs, seeds=[4], prompt=PROMPT, num_inference_steps=N, output_type="latent")
+    assert torch.equal(result.image(4, 0), reference(tiny_sd, runs[0], 4))
+    assert not torch.equal(result.image(4, 0), reference(tiny_sd, Run(NEG), 4))

@@ -451,9 +451,12 @@ def test_noise_level_window_on_heun_uses_each_steps_first_pass(tiny_sd):
     from negschedule.noise_levels import step_sigmas
 
     set_scheduler(tiny_sd, "heun")
-    scheduler = tiny_sd.scheduler
-    scheduler.set_timesteps(N)
-    sigmas = step_sigmas(scheduler)
-    assert sigmas == [float(scheduler.sigmas[2 * s]) for s in range(N)] and sigmas == sorted(sigmas, reverse=True)
-    got, _ = latents_of(generate, tiny_sd, prompt=PROMPT, negative_prompt=NEG, negative_start=Sigma(sigmas[2]))
-    assert torch.equal(got, latents_of(generate, tiny_sd, prompt=PROMPT, negative_prompt=NEG, negative_start=2)[0])
+    try:
+        scheduler = tiny_sd.scheduler
+        scheduler.set_timesteps(N)
+        sigmas = step_sigmas(scheduler)
+        assert sigmas == [float(scheduler.sigmas[2 * s]) for s in range(N)] and sigmas == sorted(sigmas, reverse=True)
+        got, _ = latents_of(generate, tiny_sd, prompt=PROMPT, negative_prompt=NEG, negative_start=Sigma(sigmas[2]))
+        assert torch.equal(got, latents_of(generate, tiny_sd, prompt=PROMPT, negative_prompt=NEG, negative_start=2)[0])
+    finally:
+        set_scheduler(tiny_sd, "ddim")  # the shared pipeline's own scheduler, for the tests after this one

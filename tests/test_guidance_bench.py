@@ -9,11 +9,13 @@ import sys
 from pathlib import Path
 
 from negschedule.cli import main
+from negschedule.schedulers import set_scheduler
 from negschedule.experiments.bench_guidance import best_start, within_one_step, within_one_step_of_own
 
 
 def test_bench_guidance_writes_table_and_summary(tmp_path, tiny_sd, capsys):
     model = tmp_path / "model"
+    set_scheduler(tiny_sd, "ddim")  # one pass per step, whatever an earlier test left on the shared pipeline
     tiny_sd.save_pretrained(model)
     out = tmp_path / "bench"
     code = main(["bench-guidance", "--out", str(out), "--model", str(model), "--prompts", "2", "--seeds", "0", "--steps", "4",
@@ -51,6 +53,7 @@ def test_bench_guidance_writes_table_and_summary(tmp_path, tiny_sd, capsys):
 
 def test_bench_guidance_only_runs_the_named_methods_and_a_per_prompt_start_is_shared(tmp_path, tiny_sd, capsys):
     model = tmp_path / "model"
+    set_scheduler(tiny_sd, "ddim")  # one pass per step, whatever an earlier test left on the shared pipeline
     tiny_sd.save_pretrained(model)
     out = tmp_path / "bench"
     name = "auto[rollout, 2 jumps, per prompt]"
@@ -93,6 +96,7 @@ def test_bench_guidance_resumes_after_an_interrupt_and_ends_as_an_uninterrupted_
     import negschedule.experiments.bench_guidance as bench
 
     model = tmp_path / "model"
+    set_scheduler(tiny_sd, "ddim")  # one pass per step, whatever an earlier test left on the shared pipeline
     tiny_sd.save_pretrained(model)
     args = ["--model", str(model), "--prompts", "3", "--seeds", "0", "--steps", "4", "--threads", "1", "--examples", "2",
             "--study", "--only", "perp_neg"]

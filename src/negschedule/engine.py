@@ -273,9 +273,10 @@ class Engine:
             weighted = self._mode(keys)
             return [(key, True, weighted) for key in keys]
         require_cfg(self.guidance_scale)
-        keys = plan_negatives(
-            run.negative_prompt, self.steps, self.batch, run.negative_start, run.negative_end, run.negative_windows
-        )
+        from .noise_levels import resolve_noise_levels
+
+        start, end, windows = resolve_noise_levels(self.pipe, self.steps, {}, run.negative_start, run.negative_end, run.negative_windows)
+        keys = plan_negatives(run.negative_prompt, self.steps, self.batch, start, end, windows)
         keys = [tuple(None if text is None else normalize_texts(self.pipe, text) for text in key) for key in keys]
         weighted = self._mode(keys)
         if not weighted:
