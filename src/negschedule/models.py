@@ -143,7 +143,6 @@ def load_pipeline(
     return pipe
 
 
-
 def image_to_image(pipe):
     """The img2img form of ``pipe`` over the same loaded parts (diffusers' ``AutoPipelineForImage2Image.from_pipe``).
 
@@ -156,6 +155,7 @@ def image_to_image(pipe):
         return AutoPipelineForImage2Image.from_pipe(pipe)
     except ValueError as err:
         raise InputError("init_image", type(pipe).__name__, f"this pipeline has no image-to-image form ({err})") from None
+
 
 def _resolve_dtype(torch_dtype):
     """A torch.dtype, given one or its name ("float16"); diffusers would silently use float32 for anything else."""

@@ -77,7 +77,9 @@ def resolve_noise_levels(
     """
     if not _has_noise_level(negative_start, negative_end, negative_windows):
         return negative_start, negative_end, list(negative_windows)
-    if "strength" in kwargs or "image" in kwargs:
+    from .generate import call_defaults
+
+    if "strength" in call_defaults(pipe):  # img2img / inpainting: their steps are counted from the first one run
         name, value = ("negative_start", negative_start) if isinstance(negative_start, NoiseLevel) else ("negative_end", negative_end)
         raise InputError(name, str(value), "noise-level bounds time text-to-image pipelines only (img2img counts its own steps)")
     if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int) or num_inference_steps <= 0:
@@ -99,7 +101,7 @@ def resolve_noise_levels(
     start, end = pair(negative_start, negative_end)
     windows = []
     for window in negative_windows:
-        if isinstance(window, tuple):
+        if isinstance(window, tuple) and 1 <= len(window) <= 3:
             window = NegativeWindow(*window)
         if isinstance(window, NegativeWindow):
             window = NegativeWindow(window.prompt, *pair(window.start, window.end))
