@@ -270,7 +270,7 @@ def test_several_negatives_each_in_its_window(tiny_sd):
 
 def _reference_loop(pipe, k: int, seed: int, steps: int = N, scale: float = 7.5) -> torch.Tensor:
     """A loop written from scratch (not the pipeline's, not the engine's): "" before step k, NEG from k."""
-    device, dtype = pipe.device, pipe.unet.dtype
+    dtype = pipe.unet.dtype
     scheduler = pipe.scheduler
     scheduler.set_timesteps(steps)
     assert len(scheduler.timesteps) == steps  # one pass per step for the schedulers used here
