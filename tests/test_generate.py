@@ -460,3 +460,16 @@ def test_noise_level_window_on_heun_uses_each_steps_first_pass(tiny_sd):
         assert torch.equal(got, latents_of(generate, tiny_sd, prompt=PROMPT, negative_prompt=NEG, negative_start=2)[0])
     finally:
         set_scheduler(tiny_sd, "ddim")  # the shared pipeline's own scheduler, for the tests after this one
+
+
+def test_sdxl_refiner_with_denoising_start_counts_from_its_first_step(tiny_sd, tiny_sdxl):
+    """The ensemble-of-experts refiner (denoising_start=0.6 of 10 steps: the last 4) counts its steps from 0 too."""
+    pipe, run = _image_to_image("sdxl_img2img", tiny_sd, tiny_sdxl)
+    run = {**{k: v for k, v in run.items() if k != "strength"}, "denoising_start": 0.6}
+    expected_neg, _ = latents_of(stock, pipe, negative_prompt=NEG, **run)
+    expected_none, ref_steps = latents_of(stock, pipe, **run)
+    assert len(ref_steps) == 4
+    assert torch.equal(latents_of(generate, pipe, negative_prompt=NEG, negative_start=0, **run)[0], expected_neg)
+    assert torch.equal(latents_of(generate, pipe, negative_prompt=NEG, negative_start=4, **run)[0], expected_none)
+    _, steps = latents_of(generate, pipe, negative_prompt=NEG, negative_start=1, **run)
+    assert torch.equal(steps[0], ref_steps[0]) and not torch.equal(steps[1], ref_steps[1])
