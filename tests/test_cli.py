@@ -88,6 +88,8 @@ def test_compare_with_auto_labels_the_step_it_chose(tmp_path):
         (["--negative-prompt", "glasses", "--negative-start", "auto", "--auto-signal", "detector"], "auto_signal"),  # no toy word
         (["--negative-prompt", "g", "--negative-start", "percent:2"], "negative_start"),
         (["--negative-prompt", "g", "--negative-end", "sigma:abc"], "negative_end"),
+        (["--clip-skip", "0"], "clip_skip"),
+        (["--clip-skip", "2"], "clip_skip"),  # the toy model's text encoder has 2 layers
         (["--init-image", "/no/such/picture.png"], "init_image"),
         (["--init-image", __file__], "init_image"),  # not a picture
         (["--strength", "0.5"], "strength"),  # needs --init-image
@@ -263,3 +265,23 @@ def test_noise_level_start_on_the_command_line(tmp_path):
     image = generate(pipe, prompt="night, a red circle", negative_prompt="moon", negative_start=TimestepPercent(0.3),
                      num_inference_steps=10, generator=torch.Generator().manual_seed(2)).images[0]
     assert np.array_equal(np.asarray(Image.open(tmp_path / "p.png").convert("RGB")), np.asarray(image))
+
+
+def test_clip_skip_on_the_command_line(tmp_path):
+    """--clip-skip N is diffusers' clip_skip=N; the PNG says A1111's "Clip skip: N+1"."""
+    import torch
+
+    from negschedule import generate, load_pipeline
+
+    common = ["--prompt", "a red circle and a blue square", "--negative-prompt", "blue square", "--negative-start", "2",
+              "--steps", "6", "--seed", "4"]
+    assert main(["generate", *common, "--clip-skip", "1", "--out", str(tmp_path / "skip.png")]) == 0
+    assert main(["generate", *common, "--out", str(tmp_path / "last.png")]) == 0
+    skipped = Image.open(tmp_path / "skip.png")
+    assert "Clip skip: 2" in skipped.text["parameters"] and "Clip skip" not in Image.open(tmp_path / "last.png").text["parameters"]
+    pipe = load_pipeline()
+    pipe.set_progress_bar_config(disable=True)
+    image = generate(pipe, prompt="a red circle and a blue square", negative_prompt="blue square", negative_start=2,
+                     num_inference_steps=6, clip_skip=1, generator=torch.Generator().manual_seed(4)).images[0]
+    assert np.array_equal(np.asarray(skipped.convert("RGB")), np.asarray(image))
+    assert not np.array_equal(np.asarray(skipped.convert("RGB")), np.asarray(Image.open(tmp_path / "last.png").convert("RGB")))

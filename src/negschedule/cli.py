@@ -46,6 +46,7 @@ class RunSettings:
     auto_max_start: float | None = None  # with --negative-start auto: the latest start, a fraction (None = the default)
     auto_choice: str | None = None  # with --auto-signal rollout: midpoint, verified or gate (an AutoStart.choice; None = the default)
     auto_start: int | None = None  # with --negative-start auto: the step it chose (filled in after sampling)
+    clip_skip: int | None = None  # diffusers' clip_skip: CLIP layers skipped from the end (1 = penultimate, A1111's "Clip skip: 2")
     init_image: str | None = None  # img2img: the picture to start from (None = text to image)
     strength: float | None = None  # img2img: share of the schedule redrawn, (0, 1] (None = the pipeline's 0.8)
 
@@ -114,6 +115,9 @@ def _add_generation_flags(p: argparse.ArgumentParser) -> None:
         metavar="PATH:TOKEN",
         help="load an embedding under TOKEN (e.g. easynegative.safetensors:EasyNegativeV2); repeatable",
     )
+    p.add_argument("--clip-skip", type=int, default=None,
+                   help="CLIP layers to skip from the end, as diffusers counts them: 1 uses the penultimate layer, "
+                        "A1111's 'Clip skip: 2' (the PNG records A1111's number)")
     p.add_argument("--init-image", default=None, metavar="PATH",
                    help="img2img: start from this picture (resized to --width x --height when both are given)")
     p.add_argument("--strength", type=float, default=None,
@@ -154,6 +158,7 @@ def _settings(args: argparse.Namespace) -> RunSettings:
         auto_signal=args.auto_signal,
         auto_max_start=args.auto_max_start,
         auto_choice=args.auto_choice,
+        clip_skip=args.clip_skip,
         init_image=args.init_image,
         strength=args.strength,
     )
@@ -215,6 +220,31 @@ def _check_image_to_image(s: RunSettings) -> None:
     _init_image(s)
 
 
+def _text_encoder_layers(model: str | None) -> int | None:
+    """The fewest layers among a model folder's text encoders (their configs), None where they cannot be read before loading."""
+    import json
+
+    from .models import default_model_path
+
+    folder = default_model_path() if model is None else Path(model)
+    layers = []
+    for name in ("text_encoder", "text_encoder_2"):
+        try:
+            layers.append(int(json.loads((Path(folder) / name / "config.json").read_text())["num_hidden_layers"]))
+        except (OSError, ValueError, TypeError, KeyError):
+            continue
+    return min(layers) if layers else None
+
+
+def _check_clip_skip(clip_skip: int | None, layers: int | None) -> None:
+    if clip_skip is None:
+        return
+    if clip_skip < 1:
+        raise InputError("clip_skip", clip_skip, "must be >= 1 (1 = the penultimate layer, A1111's 'Clip skip: 2'); leave it out for the last layer")
+    if layers is not None and clip_skip >= layers:  # diffusers would index past the encoder's hidden states
+        raise InputError("clip_skip", clip_skip, f"the text encoder has {layers} layers: skip at most {layers - 1}")
+
+
 def _check_before_loading(s: RunSettings) -> None:
     """Everything that can be checked without the model, so bad input costs no loading time."""
     from .generate import require_cfg
@@ -222,6 +252,7 @@ def _check_before_loading(s: RunSettings) -> None:
 
     if s.steps <= 0:
         raise InputError("steps", s.steps, "must be at least 1")
+    _check_clip_skip(s.clip_skip, None if s.clip_skip is None else _text_encoder_layers(s.model))
     if s.scheduler is not None:
         check_scheduler_name(s.scheduler)
     has_negative = s.negative_prompt is not None or bool(s.negative_windows)
@@ -292,6 +323,9 @@ def _load(s: RunSettings):
         from .models import image_to_image
 
         pipe = image_to_image(pipe)
+    if s.clip_skip is not None:  # a single-file or hub model shows its encoders only now
+        encoders = [e for e in (getattr(pipe, "text_encoder", None), getattr(pipe, "text_encoder_2", None)) if e is not None]
+        _check_clip_skip(s.clip_skip, min(e.config.num_hidden_layers for e in encoders))
     pipe.set_progress_bar_config(disable=False, leave=True, file=sys.stderr)
     return pipe
 
@@ -322,6 +356,8 @@ def _generate(pipe, s: RunSettings, **timing: Any):
         if s.width:
             kwargs["width"] = s.width
     kwargs.update(timing)
+    if s.clip_skip is not None:
+        kwargs["clip_skip"] = s.clip_skip
     if kwargs["negative_prompt_2"] is None:
         del kwargs["negative_prompt_2"]  # SD 1.x pipelines do not take the argument at all
     out = generate(pipe, **kwargs)
@@ -349,6 +385,7 @@ def png_parameters(pipe, s: RunSettings, **extra: Any) -> str:
         "CFG scale": s.guidance_scale,
         "Seed": s.seed,
         "Size": size,
+        "Clip skip": None if s.clip_skip is None else s.clip_skip + 1,  # A1111 counts the last layer as 1
         "Denoising strength": None if s.init_image is None else (DEFAULT_STRENGTH if s.strength is None else s.strength),
         "Model": s.model or default_model_name(),
         "Negative prompt 2": s.negative_prompt_2,
