@@ -29,7 +29,7 @@ class StepRecorder:
     """A user ``callback_on_step_end`` that keeps the latents after the last pass of every step."""
 
     def __init__(self):
-        self.latents: list[torch.Tensor] = []
+        self._by_step: dict[int, torch.Tensor] = {}
         self.pass_steps = None
 
     def __call__(self, pipe, i, t, kwargs):
@@ -37,12 +37,14 @@ class StepRecorder:
 
         if self.pass_steps is None:
             self.pass_steps = step_of_passes(pipe.scheduler)
-        # img2img runs only the last passes: its loop ends before the full schedule's does.
-        passes = getattr(pipe, "num_timesteps", None) or len(self.pass_steps)
-        last_of_step = i + 1 == passes or self.pass_steps[i + 1] != self.pass_steps[i]
-        if last_of_step:
-            self.latents.append(kwargs["latents"].clone())
+        # Each pass overwrites its step's entry, so a step keeps its last pass's latents - also where
+        # the loop ends early (img2img runs only the last passes of the schedule).
+        self._by_step[self.pass_steps[i]] = kwargs["latents"].clone()
         return {}
+
+    @property
+    def latents(self) -> list[torch.Tensor]:
+        return [self._by_step[step] for step in sorted(self._by_step)]
 
 
 def latents_of(fn, pipe, **kwargs):
