@@ -88,6 +88,7 @@ def test_compare_with_auto_labels_the_step_it_chose(tmp_path):
         (["--negative-prompt", "glasses", "--negative-start", "auto", "--auto-signal", "detector"], "auto_signal"),  # no toy word
         (["--negative-prompt", "g", "--negative-start", "percent:2"], "negative_start"),
         (["--negative-prompt", "g", "--negative-end", "sigma:abc"], "negative_end"),
+        (["--lora", "/no/such/lora.safetensors:0.5"], "loras"),
         (["--clip-skip", "0"], "clip_skip"),
         (["--clip-skip", "2"], "clip_skip"),  # the toy model's text encoder has 2 layers
         (["--init-image", "/no/such/picture.png"], "init_image"),
@@ -285,3 +286,33 @@ def test_clip_skip_on_the_command_line(tmp_path):
                      num_inference_steps=6, clip_skip=1, generator=torch.Generator().manual_seed(4)).images[0]
     assert np.array_equal(np.asarray(skipped.convert("RGB")), np.asarray(image))
     assert not np.array_equal(np.asarray(skipped.convert("RGB")), np.asarray(Image.open(tmp_path / "last.png").convert("RGB")))
+
+
+def test_lora_on_the_command_line(tmp_path, capsys, tiny_sd):
+    """--lora PATH:WEIGHT loads the file as an adapter at that weight and records it; a LoRA for another model is one clear error."""
+    import torch
+
+    from negschedule import generate, load_pipeline
+    from negschedule.schedulers import set_scheduler
+
+    from .test_models import tiny_lora
+
+    set_scheduler(tiny_sd, "ddim")
+    tiny_sd.save_pretrained(tmp_path / "model")
+    lora = tiny_lora(tmp_path, "cat_style", seed=1)
+    common = ["--model", str(tmp_path / "model"), "--prompt", "a red cat", "--negative-prompt", "blue hat", "--negative-start", "1",
+              "--steps", "4", "--seed", "2"]
+    assert main(["generate", *common, "--lora", f"{lora}:0.6", "--out", str(tmp_path / "lora.png")]) == 0
+    image = Image.open(tmp_path / "lora.png")
+    assert "Lora: cat_style:0.6" in image.text["parameters"]
+    pipe = load_pipeline(str(tmp_path / "model"), loras=[(lora, 0.6)])
+    pipe.set_progress_bar_config(disable=True)
+    expected = generate(pipe, prompt="a red cat", negative_prompt="blue hat", negative_start=1, num_inference_steps=4,
+                        generator=torch.Generator().manual_seed(2)).images[0]
+    assert np.array_equal(np.asarray(image.convert("RGB")), np.asarray(expected))
+    capsys.readouterr()
+    # The embedded toy model has other layers: the file does not fit it.
+    code = main(["generate", "--prompt", "p", "--lora", str(lora), "--out", str(tmp_path / "toy.png")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err[-1].startswith("negschedule generate: error: loras=") and "not a LoRA" in err[-1]
+    assert not (tmp_path / "toy.png").exists() and not any("Traceback" in line for line in err)

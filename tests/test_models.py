@@ -385,3 +385,61 @@ def test_weights_fingerprint_follows_the_weights_not_the_path(tmp_path):
     with pytest.raises(InputError) as err:
         models.weights_fingerprint(tmp_path / "nowhere")
     assert err.value.argument == "model"
+
+
+def tiny_lora(folder, name: str = "tiny_lora", seed: int = 0):
+    """A LoRA file for the tiny SD UNet's attention (rank 4, non-zero up-projections), in diffusers' layout."""
+    from diffusers import StableDiffusionPipeline
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    donor = build_tiny_sd(seed=0)
+    donor.unet.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"], init_lora_weights="gaussian"))
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():  # peft starts the up-projections at zero, which would change nothing
+        for parameter_name, parameter in donor.unet.named_parameters():
+            if "lora_" in parameter_name:
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.5)
+    layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(donor.unet))
+    StableDiffusionPipeline.save_lora_weights(folder, unet_lora_layers=layers, weight_name=f"{name}.safetensors")
+    return folder / f"{name}.safetensors"
+
+
+def test_loras_load_as_adapters_at_their_weights(sd_folder, tmp_path):
+    from diffusers import StableDiffusionPipeline
+
+    from negschedule import generate
+
+    first, second = tiny_lora(tmp_path, "first", seed=1), tiny_lora(tmp_path, "second", seed=2)
+    pipe = load_pipeline(str(sd_folder), loras=[(first, 0.7), (second, -0.3)])
+    by_hand = StableDiffusionPipeline.from_pretrained(sd_folder)
+    by_hand.load_lora_weights(str(first), adapter_name="a")
+    by_hand.load_lora_weights(str(second), adapter_name="b")
+    by_hand.set_adapters(["a", "b"], adapter_weights=[0.7, -0.3])
+    plain = StableDiffusionPipeline.from_pretrained(sd_folder)
+
+    def run(p, **timing):
+        p.set_progress_bar_config(disable=True)
+        return generate(p, prompt="a red cat", negative_prompt="blue hat", num_inference_steps=4, output_type="latent",
+                        generator=torch.Generator().manual_seed(3), **timing).images
+
+    assert torch.equal(run(pipe, negative_start=2), run(by_hand, negative_start=2))
+    assert not torch.equal(run(pipe, negative_start=2), run(plain, negative_start=2))
+    # The timed negative still drives the LoRA'd pipeline's own loop: start 0 is its stock negative prompt.
+    stock = pipe(prompt="a red cat", negative_prompt="blue hat", num_inference_steps=4, output_type="latent",
+                 generator=torch.Generator().manual_seed(3)).images
+    assert torch.equal(run(pipe, negative_start=0), stock)
+
+
+def test_lora_bad_input(sd_folder, tmp_path):
+    with pytest.raises(InputError) as err:
+        load_pipeline(str(sd_folder), loras=[(tmp_path / "missing.safetensors", 1.0)])
+    assert err.value.argument == "loras" and "no such file" in str(err.value)
+    not_a_lora = tmp_path / "weights.safetensors"
+    save_file({"some.weight": torch.zeros(3)}, str(not_a_lora))
+    with pytest.raises(InputError) as err:
+        load_pipeline(str(sd_folder), loras=[(not_a_lora, 1.0)])
+    assert err.value.argument == "loras" and "not a LoRA" in str(err.value)
+    with pytest.raises(InputError, match="finite"):
+        load_pipeline(str(sd_folder), loras=[(not_a_lora, float("nan"))])

@@ -37,6 +37,7 @@ class RunSettings:
     model: str | None = None  # None = the embedded default
     config: str | None = None  # local config folder for a single-file checkpoint
     textual_inversions: list[tuple[str, str]] = field(default_factory=list)  # (path, token)
+    loras: list[tuple[str, float]] = field(default_factory=list)  # (path, weight)
     guidance: str = "cfg"  # guidance.GuidanceRule name; rules other than cfg/timed run in the engine
     negative_scale: float | None = None  # negative_scale / perp_neg: n; dng: lambda (None: guidance_scale)
     sigma_min: float | None = None  # sigma_window bounds (None: open on that side)
@@ -65,6 +66,17 @@ def _textual_inversion(text: str) -> tuple[str, str]:
     if not sep or not path or not token:
         raise argparse.ArgumentTypeError(f"expected PATH:TOKEN, got {text!r}")
     return path, token
+
+
+def _lora(text: str) -> tuple[str, float]:
+    """PATH or PATH:WEIGHT (weight 1 when left out)."""
+    path, sep, weight = text.rpartition(":")
+    if sep and path:
+        try:
+            return path, float(weight)
+        except ValueError:
+            pass  # a colon that is part of the path
+    return text, 1.0
 
 
 def _add_generation_flags(p: argparse.ArgumentParser) -> None:
@@ -115,6 +127,8 @@ def _add_generation_flags(p: argparse.ArgumentParser) -> None:
         metavar="PATH:TOKEN",
         help="load an embedding under TOKEN (e.g. easynegative.safetensors:EasyNegativeV2); repeatable",
     )
+    p.add_argument("--lora", type=_lora, action="append", default=[], metavar="PATH[:WEIGHT]",
+                   help="load a LoRA file at WEIGHT (default 1), as A1111's <lora:name:WEIGHT>; repeatable")
     p.add_argument("--clip-skip", type=int, default=None,
                    help="CLIP layers to skip from the end, as diffusers counts them: 1 uses the penultimate layer, "
                         "A1111's 'Clip skip: 2' (the PNG records A1111's number)")
@@ -150,6 +164,7 @@ def _settings(args: argparse.Namespace) -> RunSettings:
         model=args.model,
         config=args.config,
         textual_inversions=list(args.textual_inversion),
+        loras=list(args.lora),
         guidance=args.guidance,
         negative_scale=args.negative_scale,
         sigma_min=args.sigma_min,
@@ -252,6 +267,9 @@ def _check_before_loading(s: RunSettings) -> None:
 
     if s.steps <= 0:
         raise InputError("steps", s.steps, "must be at least 1")
+    from .models import check_loras
+
+    check_loras(s.loras)
     _check_clip_skip(s.clip_skip, None if s.clip_skip is None else _text_encoder_layers(s.model))
     if s.scheduler is not None:
         check_scheduler_name(s.scheduler)
@@ -318,7 +336,7 @@ def _guidance(s: RunSettings):
 def _load(s: RunSettings):
     from .models import load_pipeline
 
-    pipe = load_pipeline(s.model, scheduler=s.scheduler, config=s.config, textual_inversions=s.textual_inversions)
+    pipe = load_pipeline(s.model, scheduler=s.scheduler, config=s.config, textual_inversions=s.textual_inversions, loras=s.loras)
     if s.init_image is not None:
         from .models import image_to_image
 
@@ -394,6 +412,7 @@ def png_parameters(pipe, s: RunSettings, **extra: Any) -> str:
         "Negative windows": "; ".join(f"{p} [{a}, {b})" for p, a, b in s.negative_windows) or None,
         "CFG off while negative off": True if s.cfg_off else None,
         "Textual inversion": "; ".join(f"{t}={p}" for p, t in s.textual_inversions) or None,
+        "Lora": "; ".join(f"{Path(p).stem}:{w:g}" for p, w in s.loras) or None,
         "Guidance": None if s.guidance in ("cfg", "timed") else s.guidance,
         "Negative scale": s.negative_scale,
         "Sigma window": None if s.sigma_min is None and s.sigma_max is None else f"[{s.sigma_min}, {s.sigma_max}]",

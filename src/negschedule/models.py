@@ -6,7 +6,8 @@ it with diffusers' own loaders, and turns every way that can fail on user input 
 corrupt file, no network) into an :class:`~negschedule.errors.InputError` naming the argument and
 the value. Nothing here fetches from the network unless ``model`` is a hub id and the hub is
 reachable. Textual inversion files are loaded by :mod:`negschedule.textual_inversion`; this module
-only applies the ones it is given.
+only applies the ones it is given. LoRA files go through diffusers' ``load_lora_weights`` (which
+reads the diffusers, kohya and A1111 layouts), each as a named adapter at its weight.
 """
 
 from __future__ import annotations
@@ -96,14 +97,16 @@ def load_pipeline(
     torch_dtype=None,
     device: str | None = None,
     textual_inversions: Sequence[tuple[str | os.PathLike, str]] = (),
+    loras: Sequence[tuple[str | os.PathLike, float]] = (),
 ):
     """Load a diffusers pipeline from ``model``; see the module docstring for what ``model`` may be.
 
     ``config`` is a local diffusers folder (``model_index.json`` and component configs) and is
     required for, and only used with, a single-file checkpoint. ``scheduler`` is a name from
     :mod:`negschedule.schedulers`. ``textual_inversions`` are ``(file, token)`` pairs loaded with
-    :func:`negschedule.textual_inversion.load_textual_inversion`. The pipeline's progress bar is
-    left as diffusers configures it.
+    :func:`negschedule.textual_inversion.load_textual_inversion`. ``loras`` are ``(file, weight)``
+    pairs, each loaded as an adapter and all set active at their weights (A1111's ``<lora:name:w>``).
+    The pipeline's progress bar is left as diffusers configures it.
     """
     # Cheap checks first, so bad input fails before a model is loaded.
     if scheduler is not None:
@@ -113,6 +116,7 @@ def load_pipeline(
     for ti_path, _token in textual_inversions:
         if not Path(ti_path).is_file():
             raise InputError("textual_inversions", str(ti_path), "no such file")
+    check_loras(loras)
 
     source, where = _classify(model)
     if config is not None and source != "single_file":
@@ -138,9 +142,39 @@ def load_pipeline(
 
         for ti_path, token in textual_inversions:
             load_textual_inversion(pipe, ti_path, token)
+    if loras:
+        load_loras(pipe, loras)
     if device is not None:
         pipe.to(device)
     return pipe
+
+
+def check_loras(loras: Sequence[tuple[str | os.PathLike, float]]) -> None:
+    """What can be checked of LoRA files before a model loads: they exist, their weights are numbers."""
+    import math
+
+    for path, weight in loras:
+        if not Path(path).is_file():
+            raise InputError("loras", str(path), "no such file")
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight):
+            raise InputError("loras", f"{path}:{weight}", "the weight must be a finite number")
+
+
+def load_loras(pipe, loras: Sequence[tuple[str | os.PathLike, float]]) -> list[str]:
+    """Load each LoRA file as an adapter of ``pipe`` and activate them all at their weights; returns the adapter names."""
+    check_loras(loras)
+    names = []
+    for index, (path, _weight) in enumerate(loras):
+        name = f"lora{index}_{re.sub(r'[^A-Za-z0-9_]', '_', Path(path).stem)}"  # unique, and a valid module name
+        try:
+            pipe.load_lora_weights(str(path), adapter_name=name)
+        except ImportError as exc:
+            raise InputError("loras", str(path), f"loading a LoRA needs peft ({_first_line(exc)})") from None
+        except Exception as exc:  # a corrupt file, another model's LoRA, not a LoRA at all: one clear line
+            raise InputError("loras", str(path), f"not a LoRA this pipeline can load ({_first_line(exc)})") from None
+        names.append(name)
+    pipe.set_adapters(names, adapter_weights=[float(w) for _, w in loras])
+    return names
 
 
 def image_to_image(pipe):
