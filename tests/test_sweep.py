@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from negschedule import generate
 from negschedule.errors import InputError
@@ -334,3 +335,30 @@ def test_sdxl_sweep(tiny_sdxl, tmp_path):
                         height=32, width=32, generator=torch.Generator().manual_seed(0)).images[0]
     assert np.array_equal(pixels(result.image(0, 2)), pixels(expected))
     assert json.loads((tmp_path / "results.json").read_text())["settings"]["pipeline_class"] == "StableDiffusionXLPipeline"
+
+
+def test_cli_sweep_with_an_embedding_and_a_lora(tiny_model_dir, tmp_path, capsys):
+    """--textual-inversion and --lora reach the sweep's pipeline, and its settings: a rerun with another LoRA weight is refused."""
+    from negschedule import load_pipeline
+
+    from .test_models import tiny_lora
+    from .test_textual_inversion import save_embedding
+
+    embedding = save_embedding(tmp_path, torch.randn(3, 32, generator=torch.Generator().manual_seed(7)), "kohya.safetensors")
+    lora = tiny_lora(tmp_path, "style", seed=1)
+    out = tmp_path / "out"
+    args = ["sweep", "--model", str(tiny_model_dir), "--prompt", PROMPT, "--negative-prompt", "EasyNegativeV2", "--starts", "0,2",
+            "--seeds", "0", "--steps", str(T), "--textual-inversion", f"{embedding}:EasyNegativeV2", "--out", str(out), "--no-progress"]
+    assert main([*args, "--lora", f"{lora}:0.5"]) == 0
+    pipe = load_pipeline(str(tiny_model_dir), textual_inversions=[(embedding, "EasyNegativeV2")], loras=[(lora, 0.5)])
+    pipe.set_progress_bar_config(disable=True)
+    expected = sweep(pipe, prompt=PROMPT, negative_prompt="EasyNegativeV2", starts=[0, 2], seeds=[0], num_inference_steps=T)
+    data = json.loads((out / "results.json").read_text())
+    cells = {cell["column"]: cell["image"] for cell in data["images"]}
+    for label, start in (("none", None), ("0", 0), ("2", 2)):
+        assert np.array_equal(pixels(Image.open(out / cells[label])), pixels(expected.image(0, start))), label
+    settings = data["settings"]
+    assert settings["loras"][0][:2] == [str(lora), 0.5] and settings["textual_inversions"][0][1] == "EasyNegativeV2"
+    capsys.readouterr()
+    assert main([*args, "--lora", f"{lora}:0.8"]) == 2  # other settings into the same folder
+    assert "loras" in capsys.readouterr().err

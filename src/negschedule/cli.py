@@ -61,14 +61,14 @@ def _step_value(text: str, argument: str) -> int | float:
     return parse_step_value(text, argument=argument)
 
 
-def _textual_inversion(text: str) -> tuple[str, str]:
+def textual_inversion_arg(text: str) -> tuple[str, str]:
     path, sep, token = text.rpartition(":")
     if not sep or not path or not token:
         raise argparse.ArgumentTypeError(f"expected PATH:TOKEN, got {text!r}")
     return path, token
 
 
-def _lora(text: str) -> tuple[str, float]:
+def lora_arg(text: str) -> tuple[str, float]:
     """PATH or PATH:WEIGHT (weight 1 when left out)."""
     path, sep, weight = text.rpartition(":")
     if sep and path:
@@ -121,13 +121,13 @@ def _add_generation_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", default=None, help="local diffusers config folder for a single-file checkpoint")
     p.add_argument(
         "--textual-inversion",
-        type=_textual_inversion,
+        type=textual_inversion_arg,
         action="append",
         default=[],
         metavar="PATH:TOKEN",
         help="load an embedding under TOKEN (e.g. easynegative.safetensors:EasyNegativeV2); repeatable",
     )
-    p.add_argument("--lora", type=_lora, action="append", default=[], metavar="PATH[:WEIGHT]",
+    p.add_argument("--lora", type=lora_arg, action="append", default=[], metavar="PATH[:WEIGHT]",
                    help="load a LoRA file at WEIGHT (default 1), as A1111's <lora:name:WEIGHT>; repeatable")
     p.add_argument("--clip-skip", type=int, default=None,
                    help="CLIP layers to skip from the end, as diffusers counts them: 1 uses the penultimate layer, "

@@ -80,13 +80,26 @@ def weights_fingerprint(model: str | os.PathLike | None = None) -> str | None:
     files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.suffix.lower() in WEIGHT_SUFFIXES)
     digest = hashlib.sha256()
     for file in files:
-        stat = file.stat()
-        digest.update(f"{file.relative_to(path) if path.is_dir() else file.name}:{stat.st_size}\n".encode())
-        if stat.st_size <= _HASHED_BYTES:
-            digest.update(file.read_bytes())
-        else:
-            digest.update(str(stat.st_mtime_ns).encode())
+        _digest_file(digest, file, str(file.relative_to(path)) if path.is_dir() else file.name)
     return digest.hexdigest()[:16]
+
+
+def file_fingerprint(path: str | os.PathLike) -> str:
+    """The same short digest for one file (an embedding, a LoRA), for the settings of resumable experiments."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    _digest_file(digest, Path(path), Path(path).name)
+    return digest.hexdigest()[:16]
+
+
+def _digest_file(digest, file: Path, name: str) -> None:
+    stat = file.stat()
+    digest.update(f"{name}:{stat.st_size}\n".encode())
+    if stat.st_size <= _HASHED_BYTES:
+        digest.update(file.read_bytes())
+    else:
+        digest.update(str(stat.st_mtime_ns).encode())
 
 
 def load_pipeline(

@@ -66,6 +66,12 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--guidance-scale", "--cfg-scale", type=float, default=7.5, dest="guidance_scale")
     p.add_argument("--height", type=int, default=None)
     p.add_argument("--width", type=int, default=None)
+    from ..cli import lora_arg, textual_inversion_arg
+
+    p.add_argument("--textual-inversion", type=textual_inversion_arg, action="append", default=[], metavar="PATH:TOKEN",
+                   help="load an embedding under TOKEN (e.g. easynegative.safetensors:EasyNegativeV2); repeatable")
+    p.add_argument("--lora", type=lora_arg, action="append", default=[], metavar="PATH[:WEIGHT]",
+                   help="load a LoRA file at WEIGHT (default 1); repeatable")
 
 
 def add_sweep_flags(p: argparse.ArgumentParser) -> None:
@@ -90,7 +96,8 @@ def add_sweep_flags(p: argparse.ArgumentParser) -> None:
 def load_model(args: argparse.Namespace):
     from .. import load_pipeline
 
-    pipe = load_pipeline(args.model, scheduler=args.scheduler, config=args.config)
+    pipe = load_pipeline(args.model, scheduler=args.scheduler, config=args.config,
+                         textual_inversions=args.textual_inversion, loras=args.lora)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -243,9 +250,15 @@ def register(subparsers) -> None:
 
 def _model_context(args: argparse.Namespace) -> dict[str, Any]:
     """The model an experiment ran on, for its settings: a rerun on other weights at the same path is refused."""
-    from ..models import weights_fingerprint
+    from ..models import file_fingerprint, weights_fingerprint
 
-    return {"model": args.model, "model_config": args.config, "weights": weights_fingerprint(args.model)}
+    context = {"model": args.model, "model_config": args.config, "weights": weights_fingerprint(args.model)}
+    # Only when given, so that folders written before these flags existed still resume.
+    if args.textual_inversion:
+        context["textual_inversions"] = [[path, token, file_fingerprint(path)] for path, token in args.textual_inversion]
+    if args.lora:
+        context["loras"] = [[path, weight, file_fingerprint(path)] for path, weight in args.lora]
+    return context
 
 
 def build_parser() -> argparse.ArgumentParser:
