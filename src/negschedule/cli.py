@@ -232,6 +232,11 @@ def _check_image_to_image(s: RunSettings) -> None:
                                                      "(the other rules and auto draw text to image only)")
     if bool(s.width) != bool(s.height):
         raise InputError("width" if s.width else "height", s.width or s.height, "with --init-image give both --width and --height, or neither")
+    from .schedule import NoiseLevel
+
+    for name in ("negative_start", "negative_end"):
+        if isinstance(getattr(s, name), NoiseLevel):
+            raise InputError(name, str(getattr(s, name)), "noise-level bounds time text-to-image pipelines only (img2img counts its own steps)")
     _init_image(s)
 
 
