@@ -721,8 +721,8 @@ class NegativeWindow:
     """One negative prompt and the half-open window ``[start, end)`` of steps where it acts."""
 
     prompt: str  # may contain A1111 prompt editing, resolved with A1111's steps = N
-    start: StepValue = 0  # int: 0-based step; float in [0, 1]: fraction, k = int(f * N)
-    end: StepValue | None = None  # exclusive, same units; None: until the last step
+    start: StepValue | NoiseLevel = 0  # int: 0-based step; float in [0, 1]: fraction, k = int(f * N); or a noise level
+    end: StepValue | NoiseLevel | None = None  # exclusive, same units; None: until the last step
 
 
 @dataclass(frozen=True)
