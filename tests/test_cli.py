@@ -261,7 +261,7 @@ def test_noise_level_start_on_the_command_line(tmp_path):
 
     common = ["--prompt", "night, a red circle", "--negative-prompt", "moon", "--steps", "10", "--seed", "2"]
     assert main(["generate", *common, "--negative-start", "percent:0.3", "--out", str(tmp_path / "p.png")]) == 0
-    assert "Negative start: percent:0.3" in Image.open(tmp_path / "p.png").text["parameters"]
+    assert 'Negative start: "percent:0.3"' in Image.open(tmp_path / "p.png").text["parameters"]
     pipe = load_pipeline()
     pipe.set_progress_bar_config(disable=True)
     image = generate(pipe, prompt="night, a red circle", negative_prompt="moon", negative_start=TimestepPercent(0.3),
@@ -305,7 +305,7 @@ def test_lora_on_the_command_line(tmp_path, capsys, tiny_sd):
               "--steps", "4", "--seed", "2"]
     assert main(["generate", *common, "--lora", f"{lora}:0.6", "--out", str(tmp_path / "lora.png")]) == 0
     image = Image.open(tmp_path / "lora.png")
-    assert "Lora: cat_style:0.6" in image.text["parameters"]
+    assert 'Lora: "cat_style:0.6"' in image.text["parameters"]
     pipe = load_pipeline(str(tmp_path / "model"), loras=[(lora, 0.6)])
     pipe.set_progress_bar_config(disable=True)
     expected = generate(pipe, prompt="a red cat", negative_prompt="blue hat", negative_start=1, num_inference_steps=4,
@@ -317,3 +317,23 @@ def test_lora_on_the_command_line(tmp_path, capsys, tiny_sd):
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and err[-1].startswith("negschedule generate: error: loras=") and "not a LoRA" in err[-1]
     assert not (tmp_path / "toy.png").exists() and not any("Traceback" in line for line in err)
+
+
+def _read_like_a1111(text: str) -> dict[str, str]:
+    """The last line of an infotext read the way A1111's "PNG Info" reads it: a key of word characters,
+    spaces, '-' and '/', then either a JSON string or everything up to the next comma."""
+    import json
+    import re
+
+    pair = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
+    return {k: json.loads(v) if v.startswith('"') and v.endswith('"') else v for k, v in pair.findall(text.splitlines()[-1])}
+
+
+def test_png_parameters_read_back_as_a1111_reads_them(tmp_path):
+    """Values with commas or colons (a noise-level start, a window list, a LoRA weight) are quoted as A1111 quotes them."""
+    out = tmp_path / "w.png"
+    assert main(["generate", "--prompt", "a red circle", "--negative-prompt", "blue square", "--negative-start", "percent:0.2",
+                 "--negative-window", "moon", "0", "3", "--steps", "6", "--out", str(out)]) == 0
+    fields = _read_like_a1111(Image.open(out).text["parameters"])
+    assert fields["Negative start"] == "percent:0.2" and fields["Negative windows"] == "moon [0, 3)"
+    assert fields["Steps"] == "6" and fields["CFG scale"] == "7.5" and fields["Seed"] == "0"

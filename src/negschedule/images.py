@@ -22,12 +22,21 @@ MIN_TILE = 256
 LABEL_HEIGHT = 22
 
 
+def _quoted(value: Any) -> str:
+    """A value as A1111 writes it: a JSON string when it holds a comma, a colon or a newline, so its
+    reader (which splits the last line at commas) gets it back whole."""
+    import json
+
+    text = str(value)
+    return json.dumps(text, ensure_ascii=False) if any(c in text for c in ",:\n") else text
+
+
 def a1111_parameters(prompt: str, negative_prompt: str | None, settings: dict[str, Any]) -> str:
     """The ``parameters`` text A1111 writes: prompt, negative prompt line, then ``Key: value, ...``."""
     lines = [prompt]
     if negative_prompt:
         lines.append(f"Negative prompt: {negative_prompt}")
-    lines.append(", ".join(f"{key}: {value}" for key, value in settings.items() if value is not None))
+    lines.append(", ".join(f"{key}: {_quoted(value)}" for key, value in settings.items() if value is not None))
     return "\n".join(lines)
 
 
