@@ -27,6 +27,9 @@ SCHEDULERS = [
     ("pndm", {}),  # with Runge-Kutta passes: 4 passes for each of the first 3 steps
     ("pndm", {"skip_prk_steps": True}),
     ("heun", {}),  # two passes per step but the last
+    ("dpmpp_2m_karras", {}),
+    ("lms_karras", {}),
+    ("unipc", {}),
 ]
 
 

@@ -443,3 +443,17 @@ def test_lora_bad_input(sd_folder, tmp_path):
     assert err.value.argument == "loras" and "not a LoRA" in str(err.value)
     with pytest.raises(InputError, match="finite"):
         load_pipeline(str(sd_folder), loras=[(not_a_lora, float("nan"))])
+
+
+def test_every_scheduler_name_round_trips_and_karras_spacing_differs(sd_folder):
+    """Each short name builds its sampler and is recognised again (the PNG's Sampler field); the Karras
+    variants are the same solvers on another sigma spacing."""
+    from negschedule.schedulers import SCHEDULERS, make_scheduler, scheduler_name
+
+    for name in SCHEDULERS:
+        assert scheduler_name(make_scheduler(name)) == name
+        assert scheduler_name(load_pipeline(str(sd_folder), scheduler=name).scheduler) == name
+    plain, karras = make_scheduler("dpmpp_2m"), make_scheduler("dpmpp_2m_karras")
+    plain.set_timesteps(10)
+    karras.set_timesteps(10)
+    assert type(plain) is type(karras) and not torch.equal(plain.sigmas, karras.sigmas)

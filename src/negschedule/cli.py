@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import InputError
+from .schedulers import SCHEDULER_NAMES
 
 
 @dataclass
@@ -116,7 +117,7 @@ def _add_generation_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="torch generator seed")
     p.add_argument("--height", type=int, default=None, help="pixels; default: the model's own size")
     p.add_argument("--width", type=int, default=None, help="pixels; default: the model's own size")
-    p.add_argument("--scheduler", default=None, help="ddim|ddpm|euler|euler_a|dpmpp_2m|lms|pndm|heun; default: the model's own")
+    p.add_argument("--scheduler", default=None, help=f"{SCHEDULER_NAMES}; default: the model's own")
     p.add_argument("--model", default=None, help="folder, .safetensors file or hub id; default: embedded toy model")
     p.add_argument("--config", default=None, help="local diffusers config folder for a single-file checkpoint")
     p.add_argument(

@@ -16,11 +16,16 @@ SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
     "ddpm": ("DDPMScheduler", {}),
     "euler": ("EulerDiscreteScheduler", {}),
     "euler_a": ("EulerAncestralDiscreteScheduler", {}),
-    "dpmpp_2m": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2}),
-    "lms": ("LMSDiscreteScheduler", {}),
+    "dpmpp_2m": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2, "use_karras_sigmas": False}),
+    # A1111's "DPM++ 2M Karras" and "LMS Karras": the same solvers on Karras et al.'s sigma spacing.
+    "dpmpp_2m_karras": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2, "use_karras_sigmas": True}),
+    "lms": ("LMSDiscreteScheduler", {"use_karras_sigmas": False}),
+    "lms_karras": ("LMSDiscreteScheduler", {"use_karras_sigmas": True}),
     "pndm": ("PNDMScheduler", {}),
     "heun": ("HeunDiscreteScheduler", {}),
+    "unipc": ("UniPCMultistepScheduler", {}),
 }
+SCHEDULER_NAMES = "|".join(SCHEDULERS)  # for help texts
 
 # Stable Diffusion 1.x/2.x training noise schedule: the base config when no pipeline supplies one.
 SD_BASE_CONFIG: dict[str, Any] = {
@@ -75,6 +80,7 @@ def scheduler_name(scheduler) -> str:
     """The short name of ``scheduler`` if it is one of ours, else its class name."""
     class_name = type(scheduler).__name__
     for name, (cls, overrides) in SCHEDULERS.items():
-        if cls == class_name and all(scheduler.config.get(k) == v for k, v in overrides.items()):
+        # A config without the key (an older diffusers' file) has the class default, which is False here.
+        if cls == class_name and all(scheduler.config.get(k, False if k == "use_karras_sigmas" else None) == v for k, v in overrides.items()):
             return name
     return class_name

@@ -16,6 +16,7 @@ from typing import Any
 
 from ..cli import RESUMABLE
 from ..errors import InputError
+from ..schedulers import SCHEDULER_NAMES
 
 
 def parse_steps(text: str, argument: str, upper: int | None = None) -> list[int]:
@@ -60,7 +61,7 @@ def _prompts(args: argparse.Namespace) -> list[str]:
 def add_model_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, help="folder, .safetensors file or hub id; default: the embedded toy model")
     p.add_argument("--config", default=None, help="local diffusers config folder for a single-file checkpoint")
-    p.add_argument("--scheduler", default=None, help="ddim|ddpm|euler|euler_a|dpmpp_2m|lms|pndm|heun")
+    p.add_argument("--scheduler", default=None, help=SCHEDULER_NAMES)
     p.add_argument("--steps", type=int, default=20, help="num_inference_steps (T)")
     # 7.5 like `negschedule generate`; the Python API defaults to the pipeline's own (SDXL: 5).
     p.add_argument("--guidance-scale", "--cfg-scale", type=float, default=7.5, dest="guidance_scale")
