@@ -337,3 +337,58 @@ def test_png_parameters_read_back_as_a1111_reads_them(tmp_path):
     fields = _read_like_a1111(Image.open(out).text["parameters"])
     assert fields["Negative start"] == "percent:0.2" and fields["Negative windows"] == "moon [0, 3)"
     assert fields["Steps"] == "6" and fields["CFG scale"] == "7.5" and fields["Seed"] == "0"
+
+
+def test_from_png_remakes_an_image_and_typed_flags_win(tmp_path):
+    settings = ["--prompt", "a red circle and a blue square", "--negative-prompt", "blue square", "--negative-start", "3",
+                "--steps", "8", "--seed", "5", "--scheduler", "euler_a", "--guidance-scale", "6", "--clip-skip", "1",
+                "--negative-window", "moon", "0", "4"]
+    assert main(["generate", *settings, "--out", str(tmp_path / "a.png")]) == 0
+    assert main(["generate", "--from-png", str(tmp_path / "a.png"), "--out", str(tmp_path / "b.png")]) == 0
+    a, b = Image.open(tmp_path / "a.png"), Image.open(tmp_path / "b.png")
+    assert np.array_equal(np.asarray(a), np.asarray(b)) and a.text["parameters"] == b.text["parameters"]
+    assert main(["generate", "--from-png", str(tmp_path / "a.png"), "--seed", "6", "--out", str(tmp_path / "c.png")]) == 0
+    assert main(["generate", *settings, "--seed", "6", "--out", str(tmp_path / "d.png")]) == 0  # argparse: the last --seed wins
+    c, d = Image.open(tmp_path / "c.png"), Image.open(tmp_path / "d.png")
+    assert "Seed: 6" in c.text["parameters"] and np.array_equal(np.asarray(c), np.asarray(d))
+    assert not np.array_equal(np.asarray(a), np.asarray(c))
+
+
+def test_from_png_reads_a1111s_own_text(tmp_path):
+    """An A1111 infotext: its sampler and schedule type, its 'Clip skip' (counted from 1), fields we do not use ignored."""
+    from PIL import PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    info.add_text("parameters", "a red circle,\nand a blue square\nNegative prompt: blue square\n"
+                                "Steps: 6, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 7, Seed: 11, Size: 32x32, "
+                                "Model hash: 6ce0161689, Clip skip: 2, Version: v1.10.1")
+    Image.new("RGB", (32, 32)).save(tmp_path / "a1111.png", pnginfo=info)
+    assert main(["generate", "--from-png", str(tmp_path / "a1111.png"), "--steps", "4", "--out", str(tmp_path / "ours.png")]) == 0
+    assert main(["generate", "--prompt", "a red circle,\nand a blue square", "--negative-prompt", "blue square", "--steps", "4",
+                 "--scheduler", "dpmpp_2m_karras", "--guidance-scale", "7", "--seed", "11", "--clip-skip", "1",
+                 "--out", str(tmp_path / "typed.png")]) == 0
+    ours, typed = Image.open(tmp_path / "ours.png"), Image.open(tmp_path / "typed.png")
+    fields = _read_like_a1111(ours.text["parameters"])
+    assert fields["Sampler"] == "dpmpp_2m_karras" and fields["Clip skip"] == "2" and fields["Steps"] == "4"
+    assert np.array_equal(np.asarray(ours), np.asarray(typed))
+
+
+@pytest.mark.parametrize("text, words", [
+    (None, "no such file"),
+    ("", "no 'parameters'"),
+    ("a cat\nSteps: 4, Sampler: DPM adaptive, Seed: 1", "DPM adaptive"),
+    ("a cat\nSteps: 4, Sampler: ddim, Seed: 1, Lora: \"style:0.8\"", "--lora"),
+])
+def test_from_png_bad_input(tmp_path, capsys, text, words):
+    from PIL import PngImagePlugin
+
+    source = tmp_path / "in.png"
+    if text is not None:
+        info = PngImagePlugin.PngInfo()
+        if text:
+            info.add_text("parameters", text)
+        Image.new("RGB", (8, 8)).save(source, pnginfo=info)
+    out = tmp_path / "out.png"
+    assert main(["generate", "--from-png", str(source), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "from_png=" in err and words in err and not out.exists()

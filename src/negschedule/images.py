@@ -9,7 +9,9 @@ target folder, then a rename, so an interrupted run never leaves half an image.
 from __future__ import annotations
 
 import io
+import json
 import os
+import re
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -25,8 +27,6 @@ LABEL_HEIGHT = 22
 def _quoted(value: Any) -> str:
     """A value as A1111 writes it: a JSON string when it holds a comma, a colon or a newline, so its
     reader (which splits the last line at commas) gets it back whole."""
-    import json
-
     text = str(value)
     return json.dumps(text, ensure_ascii=False) if any(c in text for c in ",:\n") else text
 
@@ -38,6 +38,36 @@ def a1111_parameters(prompt: str, negative_prompt: str | None, settings: dict[st
         lines.append(f"Negative prompt: {negative_prompt}")
     lines.append(", ".join(f"{key}: {_quoted(value)}" for key, value in settings.items() if value is not None))
     return "\n".join(lines)
+
+
+_FIELD = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
+
+
+def read_a1111_parameters(text: str) -> tuple[str, str, dict[str, str]]:
+    """``(prompt, negative prompt, fields)`` of a ``parameters`` text, read as A1111's PNG Info reads it.
+
+    The last line holds the ``Key: value`` fields when it has at least three (else it is prompt
+    text); the lines before are the prompt, and from ``Negative prompt:`` on the negative prompt.
+    Quoted values are JSON strings.
+    """
+    *lines, last = text.strip().split("\n")
+    if len(_FIELD.findall(last)) < 3:
+        lines, last = [*lines, last], ""
+    prompt, negative, in_negative = [], [], False
+    for line in lines:
+        line = line.strip()
+        if line.startswith("Negative prompt:"):
+            in_negative, line = True, line[len("Negative prompt:"):].strip()
+        (negative if in_negative else prompt).append(line)
+    fields = {}
+    for key, value in _FIELD.findall(last):
+        if len(value) > 1 and value[0] == '"' and value[-1] == '"':
+            try:
+                value = json.loads(value)
+            except ValueError:
+                pass  # A1111 keeps such a value as it is
+        fields[key] = value
+    return "\n".join(prompt), "\n".join(negative), fields
 
 
 def png_bytes(image: Image.Image, parameters: str | None = None) -> bytes:
