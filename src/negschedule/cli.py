@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -560,102 +559,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# A1111's sampler names (with its "Schedule type" where it writes one) -> ours.
-A1111_SAMPLERS = {
-    "Euler a": "euler_a", "Euler": "euler", "DDIM": "ddim", "DDPM": "ddpm", "PLMS": "pndm", "PNDM": "pndm",
-    "LMS": "lms", "LMS Karras": "lms_karras", "Heun": "heun", "UniPC": "unipc",
-    "DPM++ 2M": "dpmpp_2m", "DPM++ 2M Karras": "dpmpp_2m_karras",
-}
-
-
-def png_arguments(path: str, given: set[str]) -> list[str]:
-    """The flags that remake the image at ``path`` from its ``parameters`` text; flags in ``given``
-    (those typed on the command line) are left out, so the typed ones win."""
-    from PIL import Image, UnidentifiedImageError
-
-    from .images import read_a1111_parameters
-    from .models import default_model_name
-    from .schedulers import SCHEDULERS
-
-    try:
-        with Image.open(path) as image:
-            text = image.info.get("parameters")
-    except FileNotFoundError:
-        raise InputError("from_png", path, "no such file") from None
-    except (UnidentifiedImageError, OSError) as err:
-        raise InputError("from_png", path, f"not a readable image ({err.__class__.__name__})") from None
-    if not isinstance(text, str) or not text.strip():
-        raise InputError("from_png", path, "has no 'parameters' text (the settings A1111 and negschedule write)")
-    prompt, negative, fields = read_a1111_parameters(text)
-    out: list[str] = []
-
-    def flag(name: str, *values: str) -> None:
-        if name not in given:
-            out.extend([name, *values])
-
-    flag("--prompt", prompt)
-    if negative:
-        flag("--negative-prompt", negative)
-    simple = {"Steps": "--steps", "CFG scale": "--guidance-scale", "Seed": "--seed", "Negative start": "--negative-start",
-              "Negative end": "--negative-end", "Negative prompt 2": "--negative-prompt-2", "Guidance": "--guidance",
-              "Negative scale": "--negative-scale", "Auto signal": "--auto-signal", "Auto max start": "--auto-max-start",
-              "Auto choice": "--auto-choice", "Denoising strength": "--strength"}
-    for key, name in simple.items():
-        if key in fields:
-            flag(name, fields[key])
-    if "Sampler" in fields and "--scheduler" not in given:
-        sampler = fields["Sampler"]
-        if fields.get("Schedule type") == "Karras" and not sampler.endswith("Karras"):
-            sampler += " Karras"
-        name = sampler if sampler in SCHEDULERS else A1111_SAMPLERS.get(sampler)
-        if name is None:
-            raise InputError("from_png", path, f"its sampler {sampler!r} has no counterpart here; give --scheduler")
-        flag("--scheduler", name)
-    if re.fullmatch(r"\d+x\d+", fields.get("Size", "")):
-        width, height = fields["Size"].split("x")
-        flag("--width", width)
-        flag("--height", height)
-    if fields.get("Model") and fields["Model"] != default_model_name():
-        flag("--model", fields["Model"])
-    if fields.get("Clip skip", "1").isdigit() and int(fields.get("Clip skip", "1")) >= 2:
-        flag("--clip-skip", str(int(fields["Clip skip"]) - 1))  # A1111 counts the last layer as 1
-    for key, name in (("CFG off while negative off", "--cfg-off"), ("Sigma min every other step", "--sigma-min-every-other")):
-        if fields.get(key) == "True":
-            flag(name)
-    window = re.fullmatch(r"\[(.*), (.*)\]", fields.get("Sigma window", ""))
-    if window:
-        for bound, name in zip(window.groups(), ("--sigma-min", "--sigma-max")):
-            if bound != "None":
-                flag(name, bound)
-    if "Negative windows" in fields and "--negative-window" not in given:
-        for part in fields["Negative windows"].split("; "):
-            parsed = re.fullmatch(r"(.*) \[(.*), (.*)\)", part)
-            if parsed is None:
-                raise InputError("from_png", path, f"cannot read its negative window {part!r}")
-            out.extend(["--negative-window", parsed[1], parsed[2], "none" if parsed[3] == "None" else parsed[3]])
-    if "Textual inversion" in fields and "--textual-inversion" not in given:
-        for part in fields["Textual inversion"].split("; "):
-            token, _, file = part.partition("=")
-            out.extend(["--textual-inversion", f"{file}:{token}"])
-    if "Lora" in fields and "--lora" not in given:
-        raise InputError("from_png", path, f"was made with LoRA files ({fields['Lora']}); give each with --lora PATH:WEIGHT")
-    return out
-
-
-def with_png_arguments(argv: list[str]) -> list[str]:
-    """``argv`` of a generate/compare call with ``--from-png PATH``: the PNG's flags first, the typed ones after."""
-    path, given = None, set()
-    for i, arg in enumerate(argv[1:], start=1):
-        if arg.startswith("--"):
-            name, _, value = arg.partition("=")
-            given.add(name)
-            if name == "--from-png":
-                path = value or (argv[i + 1] if i + 1 < len(argv) else None)
-    if path is None:
-        return argv
-    return [argv[0], *png_arguments(path, given), *argv[1:]]
-
-
 # What a verb whose work is stored as it finishes says when interrupted (its parser's ``interrupted`` default).
 RESUMABLE = "interrupted; run the same command again to resume"
 
@@ -667,6 +570,8 @@ def run(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> int:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in ("generate", "compare"):
+        from .from_png import with_png_arguments
+
         try:
             argv = with_png_arguments(argv)
         except InputError as err:
