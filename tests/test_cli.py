@@ -99,6 +99,7 @@ def test_compare_with_auto_labels_the_step_it_chose(tmp_path):
         (["--init-image", PICTURE, "--negative-prompt", "g", "--guidance", "perp_neg"], "init_image"),
         (["--init-image", PICTURE, "--width", "64"], "width"),
         (["--init-image", PICTURE, "--negative-prompt", "g", "--negative-start", "percent:0.2"], "negative_start"),
+        (["--init-image", PICTURE, "--negative-prompt", "g", "--negative-window", "h", "sigma:3", "none"], "negative_start"),
     ],
 )
 def test_bad_input_exit_2_one_line_no_file(tmp_path, capsys, args, argument):

@@ -8,6 +8,7 @@ line naming the argument and its value and exits with code 2, before anything is
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 from dataclasses import dataclass, field
@@ -51,6 +52,13 @@ class RunSettings:
     clip_skip: int | None = None  # diffusers' clip_skip: CLIP layers skipped from the end (1 = penultimate, A1111's "Clip skip: 2")
     init_image: str | None = None  # img2img: the picture to start from (None = text to image)
     strength: float | None = None  # img2img: share of the schedule redrawn, (0, 1] (None = the pipeline's 0.8)
+
+    @property
+    def denoising_strength(self) -> float | None:
+        """The img2img strength the pipeline runs with (None: text to image)."""
+        if self.init_image is None:
+            return None
+        return DEFAULT_STRENGTH if self.strength is None else self.strength
 
 
 DEFAULT_STRENGTH = 0.8  # the img2img pipelines' own default strength
@@ -192,33 +200,42 @@ def _check_out(path: str) -> Path:
     return out
 
 
-def _pipeline_class(model: str | None) -> str | None:
-    """The pipeline class a model folder declares (``model_index.json``), None where it cannot be read before loading."""
+def _model_json(model: str | None, name: str) -> dict | None:
+    """A JSON file of a model folder (``model_index.json``, ``text_encoder/config.json``), None where
+    it cannot be read before loading (a single file, a hub id)."""
     import json
 
     from .models import default_model_path
 
     folder = default_model_path() if model is None else Path(model)
     try:
-        return json.loads((Path(folder) / "model_index.json").read_text()).get("_class_name")
+        data = json.loads((Path(folder) / name).read_text())
     except (OSError, ValueError, TypeError):
         return None
+    return data if isinstance(data, dict) else None
+
+
+def _pipeline_class(model: str | None) -> str | None:
+    """The pipeline class a model folder declares (``model_index.json``), None where it cannot be read before loading."""
+    return (_model_json(model, "model_index.json") or {}).get("_class_name")
+
+
+@functools.lru_cache(maxsize=4)
+def _read_init_image(path: str, width: int | None, height: int | None):
+    from PIL import Image
+
+    from .images import open_image
+
+    image = open_image(path, "init_image").convert("RGB")
+    if width and height and image.size != (width, height):
+        image = image.resize((width, height), Image.Resampling.LANCZOS)
+    return image
 
 
 def _init_image(s: RunSettings):
-    """The img2img starting picture, RGB, resized to --width x --height when both are given (A1111's "just resize")."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(s.init_image) as image:
-            image = image.convert("RGB")
-    except FileNotFoundError:
-        raise InputError("init_image", s.init_image, "no such file") from None
-    except (UnidentifiedImageError, OSError) as err:
-        raise InputError("init_image", s.init_image, f"not a readable image ({err.__class__.__name__})") from None
-    if s.width and s.height and image.size != (s.width, s.height):
-        image = image.resize((s.width, s.height), Image.Resampling.LANCZOS)
-    return image
+    """The img2img starting picture, RGB, resized to --width x --height when both are given (A1111's
+    "just resize"); read once for the check, the runs and the PNG's size."""
+    return _read_init_image(s.init_image, s.width, s.height)
 
 
 def _check_image_to_image(s: RunSettings) -> None:
@@ -226,7 +243,7 @@ def _check_image_to_image(s: RunSettings) -> None:
         if s.strength is not None:
             raise InputError("strength", s.strength, "needs --init-image")
         return
-    strength = DEFAULT_STRENGTH if s.strength is None else s.strength
+    strength = s.denoising_strength
     if not 0 < strength <= 1:
         raise InputError("strength", strength, "must be in (0, 1]")
     if int(strength * s.steps) < 1:
@@ -236,27 +253,16 @@ def _check_image_to_image(s: RunSettings) -> None:
                                                      "(the other rules and auto draw text to image only)")
     if bool(s.width) != bool(s.height):
         raise InputError("width" if s.width else "height", s.width or s.height, "with --init-image give both --width and --height, or neither")
-    from .schedule import NoiseLevel
+    from .noise_levels import refuse_on_image_to_image
 
-    for name in ("negative_start", "negative_end"):
-        if isinstance(getattr(s, name), NoiseLevel):
-            raise InputError(name, str(getattr(s, name)), "noise-level bounds time text-to-image pipelines only (img2img counts its own steps)")
+    refuse_on_image_to_image(s.negative_start, s.negative_end, s.negative_windows)
     _init_image(s)
 
 
 def _text_encoder_layers(model: str | None) -> int | None:
     """The fewest layers among a model folder's text encoders (their configs), None where they cannot be read before loading."""
-    import json
-
-    from .models import default_model_path
-
-    folder = default_model_path() if model is None else Path(model)
-    layers = []
-    for name in ("text_encoder", "text_encoder_2"):
-        try:
-            layers.append(int(json.loads((Path(folder) / name / "config.json").read_text())["num_hidden_layers"]))
-        except (OSError, ValueError, TypeError, KeyError):
-            continue
+    configs = [_model_json(model, f"{name}/config.json") for name in ("text_encoder", "text_encoder_2")]
+    layers = [c["num_hidden_layers"] for c in configs if c is not None and isinstance(c.get("num_hidden_layers"), int)]
     return min(layers) if layers else None
 
 
@@ -376,7 +382,7 @@ def _generate(pipe, s: RunSettings, **timing: Any):
         negative_prompt_2=s.negative_prompt_2,
     )
     if s.init_image is not None:  # the picture sets the size; img2img pipelines take no height/width
-        kwargs.update(image=_init_image(s), strength=DEFAULT_STRENGTH if s.strength is None else s.strength)
+        kwargs.update(image=_init_image(s), strength=s.denoising_strength)
     else:
         if s.height:
             kwargs["height"] = s.height
@@ -413,7 +419,7 @@ def png_parameters(pipe, s: RunSettings, **extra: Any) -> str:
         "Seed": s.seed,
         "Size": size,
         "Clip skip": None if s.clip_skip is None else s.clip_skip + 1,  # A1111 counts the last layer as 1
-        "Denoising strength": None if s.init_image is None else (DEFAULT_STRENGTH if s.strength is None else s.strength),
+        "Denoising strength": s.denoising_strength,
         "Model": s.model or default_model_name(),
         "Negative prompt 2": s.negative_prompt_2,
         "Negative start": s.negative_start,

@@ -275,7 +275,9 @@ class Engine:
         require_cfg(self.guidance_scale)
         from .noise_levels import resolve_noise_levels
 
-        start, end, windows = resolve_noise_levels(self.pipe, self.steps, {}, run.negative_start, run.negative_end, run.negative_windows)
+        start, end, windows = resolve_noise_levels(
+            self.pipe, {}, run.negative_start, run.negative_end, run.negative_windows, num_inference_steps=self.steps
+        )
         keys = plan_negatives(run.negative_prompt, self.steps, self.batch, start, end, windows)
         keys = [tuple(None if text is None else normalize_texts(self.pipe, text) for text in key) for key in keys]
         weighted = self._mode(keys)

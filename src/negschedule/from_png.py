@@ -26,19 +26,11 @@ A1111_SAMPLERS = {
 def png_arguments(path: str, given: set[str]) -> list[str]:
     """The flags that remake the image at ``path`` from its ``parameters`` text; flags in ``given``
     (those typed on the command line) are left out, so the typed ones win."""
-    from PIL import Image, UnidentifiedImageError
-
-    from .images import read_a1111_parameters
+    from .images import open_image, read_a1111_parameters
     from .models import default_model_name
     from .schedulers import SCHEDULERS
 
-    try:
-        with Image.open(path) as image:
-            text = image.info.get("parameters")
-    except FileNotFoundError:
-        raise InputError("from_png", path, "no such file") from None
-    except (UnidentifiedImageError, OSError) as err:
-        raise InputError("from_png", path, f"not a readable image ({err.__class__.__name__})") from None
+    text = open_image(path, "from_png").info.get("parameters")
     if not isinstance(text, str) or not text.strip():
         raise InputError("from_png", path, "has no 'parameters' text (the settings A1111 and negschedule write)")
     prompt, negative, fields = read_a1111_parameters(text)
@@ -72,8 +64,9 @@ def png_arguments(path: str, given: set[str]) -> list[str]:
         flag("--height", height)
     if fields.get("Model") and fields["Model"] != default_model_name():
         flag("--model", fields["Model"])
-    if fields.get("Clip skip", "1").isdigit() and int(fields.get("Clip skip", "1")) >= 2:
-        flag("--clip-skip", str(int(fields["Clip skip"]) - 1))  # A1111 counts the last layer as 1
+    clip_skip = fields.get("Clip skip", "")
+    if clip_skip.isdigit() and int(clip_skip) >= 2:
+        flag("--clip-skip", str(int(clip_skip) - 1))  # A1111 counts the last layer as 1
     for key, name in (("CFG off while negative off", "--cfg-off"), ("Sigma min every other step", "--sigma-min-every-other")):
         if fields.get(key) == "True":
             flag(name)

@@ -230,10 +230,7 @@ def generate(
     from .noise_levels import resolve_noise_levels
 
     # Sigma / timestep-percent bounds become steps first, so everything below sees steps only.
-    negative_start, negative_end, negative_windows = resolve_noise_levels(
-        pipe, kwargs.get("num_inference_steps", call_defaults(pipe).get("num_inference_steps", 50)), kwargs,
-        negative_start, negative_end, negative_windows,
-    )
+    negative_start, negative_end, negative_windows = resolve_noise_levels(pipe, kwargs, negative_start, negative_end, negative_windows)
     if _needs_engine(guidance, negative_start):
         if negative_windows or cfg_off:
             raise InputError("negative_windows" if negative_windows else "cfg_off", negative_windows or cfg_off, "not combined with this guidance")

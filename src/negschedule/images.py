@@ -70,6 +70,22 @@ def read_a1111_parameters(text: str) -> tuple[str, str, dict[str, str]]:
     return "\n".join(prompt), "\n".join(negative), fields
 
 
+def open_image(path: str | os.PathLike, argument: str) -> Image.Image:
+    """The picture at ``path``, read in full; a missing or unreadable file is one error naming ``argument``."""
+    from PIL import UnidentifiedImageError
+
+    from .errors import InputError
+
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return image
+    except FileNotFoundError:
+        raise InputError(argument, str(path), "no such file") from None
+    except (UnidentifiedImageError, OSError) as err:
+        raise InputError(argument, str(path), f"not a readable image ({err.__class__.__name__})") from None
+
+
 def png_bytes(image: Image.Image, parameters: str | None = None) -> bytes:
     """PNG bytes of ``image``, with ``parameters`` (if any) as its only metadata: equal pixels and
     parameters give equal files."""

@@ -42,14 +42,19 @@ def step_sigmas(scheduler) -> list[float]:
     return [table[int(round(float(scheduler.timesteps[p])))] for p in first_pass]
 
 
-def _has_noise_level(negative_start, negative_end, negative_windows) -> bool:
-    bounds = [negative_start, negative_end]
+def _bounds(negative_start, negative_end, negative_windows) -> list[tuple[str, Any]]:
+    """Every bound of a call, with the argument that names it in an error."""
+    bounds = [("negative_start", negative_start), ("negative_end", negative_end)]
     for window in negative_windows:
         if isinstance(window, NegativeWindow):
-            bounds += [window.start, window.end]
+            bounds += [("negative_start", window.start), ("negative_end", window.end)]
         elif isinstance(window, tuple):
-            bounds += list(window[1:])
-    return any(isinstance(b, NoiseLevel) for b in bounds)
+            bounds += list(zip(("negative_start", "negative_end"), window[1:]))
+    return bounds
+
+
+def _has_noise_level(negative_start, negative_end, negative_windows) -> bool:
+    return any(isinstance(b, NoiseLevel) for _, b in _bounds(negative_start, negative_end, negative_windows))
 
 
 def _pipeline_sigmas(pipe, num_inference_steps: int, kwargs: dict[str, Any]) -> tuple[list[float], list[float]]:
@@ -63,25 +68,35 @@ def _pipeline_sigmas(pipe, num_inference_steps: int, kwargs: dict[str, Any]) -> 
     return step_sigmas(scheduler), training_sigmas(scheduler)
 
 
+def refuse_on_image_to_image(negative_start: Any, negative_end: Any, negative_windows: Sequence[Any] = ()) -> None:
+    """img2img and inpainting count the steps they run from 0 (A1111's way): a noise level has no step there."""
+    for name, value in _bounds(negative_start, negative_end, negative_windows):
+        if isinstance(value, NoiseLevel):
+            raise InputError(name, str(value), "noise-level bounds time text-to-image pipelines only (img2img counts its own steps)")
+
+
 def resolve_noise_levels(
     pipe,
-    num_inference_steps: int,
     kwargs: dict[str, Any],
     negative_start: Any,
     negative_end: Any,
     negative_windows: Sequence[Any],
+    num_inference_steps: int | None = None,
 ) -> tuple[Any, Any, list[Any]]:
     """``negative_start`` / ``negative_end`` / windows with every noise-level bound turned into its step.
 
-    Bounds in steps or fractions come back as they are; without a noise-level bound nothing is computed.
+    Bounds in steps or fractions come back as they are; without a noise-level bound nothing is
+    computed. ``num_inference_steps`` None: the call's own (``kwargs``, else the pipeline's default).
     """
     if not _has_noise_level(negative_start, negative_end, negative_windows):
         return negative_start, negative_end, list(negative_windows)
     from .generate import call_defaults
 
-    if "strength" in call_defaults(pipe):  # img2img / inpainting: their steps are counted from the first one run
-        name, value = ("negative_start", negative_start) if isinstance(negative_start, NoiseLevel) else ("negative_end", negative_end)
-        raise InputError(name, str(value), "noise-level bounds time text-to-image pipelines only (img2img counts its own steps)")
+    defaults = call_defaults(pipe)
+    if "strength" in defaults:  # img2img / inpainting
+        refuse_on_image_to_image(negative_start, negative_end, negative_windows)
+    if num_inference_steps is None:
+        num_inference_steps = kwargs.get("num_inference_steps", defaults.get("num_inference_steps", 50))
     if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int) or num_inference_steps <= 0:
         raise InputError("num_inference_steps", num_inference_steps, "must be a positive integer")
     step, train = _pipeline_sigmas(pipe, num_inference_steps, kwargs)
@@ -109,4 +124,4 @@ def resolve_noise_levels(
     return start, end, windows
 
 
-__all__ = ["resolve_noise_levels", "step_sigmas", "training_sigmas"]
+__all__ = ["refuse_on_image_to_image", "resolve_noise_levels", "step_sigmas", "training_sigmas"]

@@ -80,7 +80,6 @@ def scheduler_name(scheduler) -> str:
     """The short name of ``scheduler`` if it is one of ours, else its class name."""
     class_name = type(scheduler).__name__
     for name, (cls, overrides) in SCHEDULERS.items():
-        # A config without the key (an older diffusers' file) has the class default, which is False here.
-        if cls == class_name and all(scheduler.config.get(k, False if k == "use_karras_sigmas" else None) == v for k, v in overrides.items()):
+        if cls == class_name and all(scheduler.config.get(k) == v for k, v in overrides.items()):
             return name
     return class_name

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..cli import RESUMABLE
+from ..cli import RESUMABLE, lora_arg, textual_inversion_arg
 from ..errors import InputError
 from ..schedulers import SCHEDULER_NAMES
 
@@ -67,8 +67,6 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--guidance-scale", "--cfg-scale", type=float, default=7.5, dest="guidance_scale")
     p.add_argument("--height", type=int, default=None)
     p.add_argument("--width", type=int, default=None)
-    from ..cli import lora_arg, textual_inversion_arg
-
     p.add_argument("--textual-inversion", type=textual_inversion_arg, action="append", default=[], metavar="PATH:TOKEN",
                    help="load an embedding under TOKEN (e.g. easynegative.safetensors:EasyNegativeV2); repeatable")
     p.add_argument("--lora", type=lora_arg, action="append", default=[], metavar="PATH[:WEIGHT]",
