@@ -443,6 +443,9 @@ def test_noise_level_bounds_bad_input(tiny_sd, tiny_sdxl):
     with pytest.raises(InputError) as err:
         generate(tiny_sd, prompt=PROMPT, negative_windows=[NegativeWindow(NEG, TimestepPercent(1.5))], num_inference_steps=N)
     assert err.value.argument == "negative_start"
+    with pytest.raises(InputError) as err:  # a value of the wrong type names itself too
+        generate(tiny_sd, prompt=PROMPT, negative_prompt=NEG, negative_start=Sigma("3"), num_inference_steps=N)
+    assert err.value.argument == "negative_start" and "sigma:'3'" in str(err.value)
     pipe, run = _image_to_image("sd_img2img", tiny_sd, tiny_sdxl)
     with pytest.raises(InputError, match="text-to-image"):
         generate(pipe, negative_prompt=NEG, negative_start=TimestepPercent(0.2), **run)

@@ -38,7 +38,7 @@ import numbers
 import re
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Iterable, Union
+from typing import ClassVar, Iterable, Union
 
 from negschedule.errors import InputError
 
@@ -62,6 +62,7 @@ class NoiseLevel:
     """A window bound given as a noise level instead of a step (see :class:`Sigma`, :class:`TimestepPercent`)."""
 
     value: float
+    unit: ClassVar[str] = ""  # as the command line writes it: "sigma:3", "percent:0.2"
 
     def sigma(self, training_sigmas: list[float]) -> float:
         raise NotImplementedError
@@ -69,10 +70,17 @@ class NoiseLevel:
     def check(self, argument: str) -> None:
         raise NotImplementedError
 
+    def __str__(self) -> str:
+        # A value of the wrong type must still name itself in the error that refuses it.
+        is_number = isinstance(self.value, numbers.Real) and not isinstance(self.value, bool)
+        return f"{self.unit}:{self.value:g}" if is_number else f"{self.unit}:{self.value!r}"
+
 
 @dataclass(frozen=True)
 class Sigma(NoiseLevel):
     """A noise level in k-diffusion's sigma, ``sqrt((1 - alpha_bar) / alpha_bar)`` (A1111's "minimum sigma" unit)."""
+
+    unit: ClassVar[str] = "sigma"
 
     def sigma(self, training_sigmas: list[float]) -> float:
         return float(self.value)
@@ -80,9 +88,6 @@ class Sigma(NoiseLevel):
     def check(self, argument: str) -> None:
         if not (isinstance(self.value, numbers.Real) and not isinstance(self.value, bool) and 0 <= self.value < math.inf):
             raise InputError(argument, str(self), "a sigma must be a number >= 0")
-
-    def __str__(self) -> str:
-        return f"sigma:{self.value:g}"
 
 
 @dataclass(frozen=True)
@@ -93,6 +98,8 @@ class TimestepPercent(NoiseLevel):
     ``ModelSamplingDiscrete.percent_to_sigma`` reads it, the sigma at the fractional training
     timestep ``(1 - p) * 999``, log-sigma interpolated between the two integer timesteps around it.
     """
+
+    unit: ClassVar[str] = "percent"
 
     def sigma(self, training_sigmas: list[float]) -> float:
         p = float(self.value)
@@ -109,9 +116,6 @@ class TimestepPercent(NoiseLevel):
     def check(self, argument: str) -> None:
         if not (isinstance(self.value, numbers.Real) and not isinstance(self.value, bool) and 0 <= self.value <= 1):
             raise InputError(argument, str(self), "a timestep percent must lie in [0, 1]")
-
-    def __str__(self) -> str:
-        return f"percent:{self.value:g}"
 
 
 def noise_level_step(bound: NoiseLevel, step_sigmas: list[float], training_sigmas: list[float], is_end: bool) -> int:
