@@ -6,6 +6,9 @@ switch. Runs alternate (stock, ours, stock, ours, ...) so machine noise hits bot
 is the ratio of medians. Target: <= 1.03.
 
     python benchmarks/bench_generate.py [--model PATH] [--steps 20] [--start 5] [--repeats 15]
+
+``--start`` takes what ``negschedule generate --negative-start`` takes: ``percent:0.25`` measures a
+noise-level start, which resolves to its step against a copy of the scheduler on every call.
 """
 
 from __future__ import annotations
@@ -18,13 +21,15 @@ import time
 import torch
 
 import negschedule as ns
+from negschedule.schedule import parse_step_value
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=None, help="default: the embedded model")
     parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--start", type=int, default=5)
+    parser.add_argument("--start", type=lambda text: parse_step_value(text, "start"), default=5,
+                        help="a step, a fraction (0.25) or a noise level (percent:0.25, sigma:3.0)")
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--output-type", default="pil", help="'latent' leaves the VAE out of both timings")
     args = parser.parse_args()
@@ -52,7 +57,7 @@ def main() -> None:
     result = {
         "model": args.model or "embedded default",
         "steps": args.steps,
-        "negative_start": args.start,
+        "negative_start": str(args.start),
         "repeats": args.repeats,
         "median_s": med,
         "ratio_of_medians": med["negschedule"] / med["stock"],
