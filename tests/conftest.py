@@ -10,19 +10,48 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch.set_num_threads(1)  # CPU matmul results must not depend on the thread count between runs
 
+# Where the shared tiny pipelines run. CI has no GPU; on a machine with one, NEGSCHEDULE_TEST_DEVICE=cuda
+# (and NEGSCHEDULE_TEST_DTYPE=float16) runs the bit-exact comparisons against the stock pipelines there.
+TEST_DEVICE = os.environ.get("NEGSCHEDULE_TEST_DEVICE", "cpu")
+TEST_DTYPE = getattr(torch, os.environ.get("NEGSCHEDULE_TEST_DTYPE", "float32"))
+if TEST_DEVICE == "cpu":
+    # The command line picks a GPU where there is one (--device auto); the tests compare what it writes
+    # with pipelines on the CPU, so on a machine with a GPU they hide it, here and in the CLIs they start.
+    os.environ["CUDA_VISIBLE_DEVICES"] = ""
+else:
+    # Strict float32 on the GPU (no TF32), so the tolerances written for the CPU's float32 hold.
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+
+
+_SHARED: list = []  # the session's shared pipelines, each with the scheduler it was built with
+
 
 @pytest.fixture(scope="session")
 def tiny_sd():
     from negschedule.tiny import build_tiny_sd
 
-    return build_tiny_sd(seed=0)
+    pipe = build_tiny_sd(seed=0).to(TEST_DEVICE, TEST_DTYPE)
+    _SHARED.append((pipe, pipe.scheduler))
+    return pipe
 
 
 @pytest.fixture(scope="session")
 def tiny_sdxl():
     from negschedule.tiny import build_tiny_sdxl
 
-    return build_tiny_sdxl(seed=0)
+    pipe = build_tiny_sdxl(seed=0).to(TEST_DEVICE, TEST_DTYPE)
+    _SHARED.append((pipe, pipe.scheduler))
+    return pipe
+
+
+@pytest.fixture(autouse=True)
+def _restore_shared_schedulers():
+    """Each test finds the shared pipelines with their own schedulers: one that sets Heun (two passes a
+    step) cannot change what the next one counts, in whatever order the tests run."""
+    yield
+    for pipe, scheduler in _SHARED:
+        pipe.scheduler = type(scheduler).from_config(scheduler.config)
 
 
 class StepRecorder:

@@ -510,7 +510,8 @@ def test_models_load_on_the_device_and_dtype_served(pipe, models_dir, monkeypatc
         (["--models-dir", "/no/such/dir"], "models_dir"),
         (["--outputs-dir", "/no/such"], "outputs_dir"),
         (["--device", "nope"], "device"),
-        (["--dtype", "float17"], "torch_dtype"),
+        (["--dtype", "float17"], "dtype"),
+        (["--dtype", "int8"], "dtype"),
     ],
 )
 def test_serve_refuses_bad_flags(argv, argument):

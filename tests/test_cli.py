@@ -100,6 +100,10 @@ def test_compare_with_auto_labels_the_step_it_chose(tmp_path):
         (["--init-image", PICTURE, "--width", "64"], "width"),
         (["--init-image", PICTURE, "--negative-prompt", "g", "--negative-start", "percent:0.2"], "negative_start"),
         (["--init-image", PICTURE, "--negative-prompt", "g", "--negative-window", "h", "sigma:3", "none"], "negative_start"),
+        (["--device", "cuda"], "device"),  # the tests hide any GPU (conftest): as on a machine without one
+        (["--device", "gpu"], "device"),
+        (["--dtype", "float17"], "dtype"),
+        (["--dtype", "int8"], "dtype"),
     ],
 )
 def test_bad_input_exit_2_one_line_no_file(tmp_path, capsys, args, argument):

@@ -275,14 +275,15 @@ def _reference_loop(pipe, k: int, seed: int, steps: int = N, scale: float = 7.5)
     """A loop written from scratch (not the pipeline's, not the engine's): "" before step k, NEG from k."""
     dtype = pipe.unet.dtype
     scheduler = pipe.scheduler
-    scheduler.set_timesteps(steps)
+    scheduler.set_timesteps(steps, device=pipe.device)
     assert len(scheduler.timesteps) == steps  # one pass per step for the schedulers used here
     generator = torch.Generator().manual_seed(seed)
     shape = (1, pipe.unet.config.in_channels, 16, 16)
-    latents = torch.randn(shape, generator=generator, dtype=dtype) * scheduler.init_noise_sigma
+    # Drawn on the CPU and moved, as diffusers' randn_tensor does with a CPU generator.
+    latents = torch.randn(shape, generator=generator, dtype=dtype).to(pipe.device) * scheduler.init_noise_sigma
     with torch.no_grad():
         ids = lambda text: pipe.tokenizer(text, padding="max_length", max_length=77, truncation=True,
-                                          return_tensors="pt").input_ids
+                                          return_tensors="pt").input_ids.to(pipe.device)
         positive = pipe.text_encoder(ids(PROMPT))[0]
         empty = pipe.text_encoder(ids(""))[0]
         negative = pipe.text_encoder(ids(NEG))[0]
@@ -393,14 +394,15 @@ def _sigma_reference_loop(pipe, sigma_start: float, sigma_end: float, seed: int,
     """A loop written from scratch that decides by noise level, as ComfyUI's conditioning range does:
     the negative while ``sigma_end <= sigma <= sigma_start`` at the step's own sigma, "" elsewhere."""
     scheduler = pipe.scheduler
-    scheduler.set_timesteps(steps)
+    scheduler.set_timesteps(steps, device=pipe.device)
     assert len(scheduler.timesteps) == steps
     generator = torch.Generator().manual_seed(seed)
-    latents = torch.randn((1, pipe.unet.config.in_channels, 16, 16), generator=generator) * scheduler.init_noise_sigma
+    latents = torch.randn((1, pipe.unet.config.in_channels, 16, 16), generator=generator, dtype=pipe.unet.dtype)
+    latents = latents.to(pipe.device) * scheduler.init_noise_sigma
     alphas = scheduler.alphas_cumprod.double()
     with torch.no_grad():
         ids = lambda text: pipe.tokenizer(text, padding="max_length", max_length=77, truncation=True,
-                                          return_tensors="pt").input_ids
+                                          return_tensors="pt").input_ids.to(pipe.device)
         positive, empty, negative = (pipe.text_encoder(ids(t))[0] for t in (PROMPT, "", NEG))
         for step, t in enumerate(scheduler.timesteps):
             if hasattr(scheduler, "sigmas"):

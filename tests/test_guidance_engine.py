@@ -66,12 +66,13 @@ def _reference_start(pipe, seed: int):
     """What a loop written from scratch starts from: the pipeline's scheduler set to N steps, the seed's
     initial latents, and a text encoding with the pipeline's padding."""
     scheduler = pipe.scheduler
-    scheduler.set_timesteps(N)
+    scheduler.set_timesteps(N, device=pipe.device)
     generator = torch.Generator().manual_seed(seed)
-    latents = torch.randn((1, pipe.unet.config.in_channels, 16, 16), generator=generator) * scheduler.init_noise_sigma
+    latents = torch.randn((1, pipe.unet.config.in_channels, 16, 16), generator=generator, dtype=pipe.unet.dtype)
+    latents = latents.to(pipe.device) * scheduler.init_noise_sigma
 
     def encode(text):
-        ids = pipe.tokenizer(text, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+        ids = pipe.tokenizer(text, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids.to(pipe.device)
         return pipe.text_encoder(ids)[0]
 
     return scheduler, latents, encode

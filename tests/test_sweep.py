@@ -223,6 +223,15 @@ def test_cli_bad_input_exits_2_before_loading(tmp_path, capsys):
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.parametrize("verb", ["sweep", "removal-curve", "attention"])
+def test_cli_refuses_a_gpu_that_is_not_there_before_writing(tmp_path, capsys, verb):
+    extra = {"sweep": [], "removal-curve": ["--concept", "moon"], "attention": ["--tokens", "square"]}[verb]
+    code = main([verb, "--prompt", PROMPT, "--negative-prompt", NEG, *extra, "--device", "cuda:0", "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "device='cuda:0'" in err
+    assert not (tmp_path / "o").exists()
+
+
 def _files(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 

@@ -76,23 +76,15 @@ class ServeConfig:
     port: int = 7860
     models_dir: Path | None = None  # the one folder whose model subfolders the page may load; None: default only
     outputs_dir: Path | None = None  # the one folder the page may save PNGs into; None: no saving
-    device: str | None = None  # where models run ("cuda", "cuda:1", "mps"); None: where they load (the CPU)
-    dtype: str | None = None  # e.g. "float16" on a GPU; None: as the model is stored
+    device: str | None = "auto"  # where models run ("cuda", "cuda:1", "mps", "cpu"); auto: the first GPU there is, else the CPU
+    dtype: str | None = "auto"  # "float16", "float32", ...; auto: float16 on a GPU, as stored on the CPU
 
     def validate(self) -> "ServeConfig":
         if not 1 <= int(self.port) <= 65535:
             raise InputError("port", self.port, "must be in 1..65535")
-        if self.device is not None:
-            import torch
+        from .devices import resolve_device, resolve_dtype
 
-            try:
-                torch.device(self.device)
-            except (RuntimeError, ValueError):
-                raise InputError("device", self.device, "not a torch device (cpu, cuda, cuda:1, mps)") from None
-        if self.dtype is not None:
-            from .models import _resolve_dtype
-
-            _resolve_dtype(self.dtype)
+        resolve_dtype(self.dtype, resolve_device(self.device), argument="dtype")
         for name in ("models_dir", "outputs_dir"):
             value = getattr(self, name)
             if value is not None and not Path(value).is_dir():
@@ -1000,8 +992,8 @@ def register(subparsers) -> None:
     p.add_argument("--port", type=int, default=7860)
     p.add_argument("--models-dir", default=None, help="folder whose diffusers model subfolders the page may load (default: none, only the embedded model)")
     p.add_argument("--outputs-dir", default=None, help="folder the page may save PNGs into (default: none, download only)")
-    p.add_argument("--device", default=None, help="where models run, e.g. cuda (default: the CPU)")
-    p.add_argument("--dtype", default=None, help="e.g. float16 on a GPU (default: as stored)")
+    p.add_argument("--device", default="auto", help="where models run: cuda, cuda:1, mps, cpu; auto: the first GPU there is, else the CPU")
+    p.add_argument("--dtype", default="auto", help="float16, bfloat16, float32; auto: float16 on a GPU, as stored on the CPU")
     p.set_defaults(func=cmd_serve)
 
 

@@ -305,7 +305,8 @@ def attention_maps(
                 frames.append(torch.full((1, 1, H, W), float("nan")))
                 continue
             m = batch_maps[row : row + 1, [index[p] for p in positions]].mean(dim=1, keepdim=True)
-            frames.append(F.interpolate(m, size=(H, W), mode="bilinear", align_corners=False))
+            # On the CPU in float32: the maps go to numpy, and the NaN frames of steps without a negative are made there.
+            frames.append(F.interpolate(m.float().cpu(), size=(H, W), mode="bilinear", align_corners=False))
         maps[label] = torch.cat(frames)[:, 0].numpy().astype(np.float32)
         active[label] = flags
     settings = dict(prompt=prompt, tokens=list(tokens), negative_prompt=negative_prompt, negative_tokens=list(negative_tokens),

@@ -52,6 +52,8 @@ class RunSettings:
     clip_skip: int | None = None  # diffusers' clip_skip: CLIP layers skipped from the end (1 = penultimate, A1111's "Clip skip: 2")
     init_image: str | None = None  # img2img: the picture to start from (None = text to image)
     strength: float | None = None  # img2img: share of the schedule redrawn, (0, 1] (None = the pipeline's 0.8)
+    device: str = "auto"  # where the model runs; auto: the first GPU there is, else the CPU (negschedule.devices)
+    dtype: str = "auto"  # torch dtype name; auto: float16 on a GPU, as stored on the CPU
 
     @property
     def denoising_strength(self) -> float | None:
@@ -86,6 +88,19 @@ def lora_arg(text: str) -> tuple[str, float]:
         except ValueError:
             pass  # a colon that is part of the path
     return text, 1.0
+
+
+def add_device_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", help="where the model runs: cuda, cuda:1, mps, cpu; auto: the first GPU there is, else the CPU")
+    p.add_argument("--dtype", default="auto", help="float16, bfloat16, float32; auto: float16 on a GPU, as stored on the CPU "
+                                                   "(seeds draw the same noise everywhere, but pictures differ slightly between devices and dtypes)")
+
+
+def check_device_flags(args) -> None:
+    """--device and --dtype checked before the model loads (a GPU that is not there fails in one line)."""
+    from .devices import resolve_device, resolve_dtype
+
+    resolve_dtype(args.dtype, resolve_device(args.device), argument="dtype")
 
 
 def _add_generation_flags(p: argparse.ArgumentParser) -> None:
@@ -146,6 +161,7 @@ def _add_generation_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--strength", type=float, default=None,
                    help=f"img2img: how much of the picture is redrawn, in (0, 1]; the run makes int(strength * steps) "
                         f"steps, counted from 0 for --negative-start (default: {DEFAULT_STRENGTH}, diffusers')")
+    add_device_flags(p)
     p.add_argument("--from-png", default=None, metavar="PATH",
                    help="start from the settings in a PNG's A1111 'parameters' text (ours or A1111's); flags given "
                         "as well override them")
@@ -188,6 +204,8 @@ def _settings(args: argparse.Namespace) -> RunSettings:
         clip_skip=args.clip_skip,
         init_image=args.init_image,
         strength=args.strength,
+        device=args.device,
+        dtype=args.dtype,
     )
 
 
@@ -282,6 +300,7 @@ def _check_before_loading(s: RunSettings) -> None:
 
     if s.steps <= 0:
         raise InputError("steps", s.steps, "must be at least 1")
+    check_device_flags(s)
     from .models import check_loras
 
     check_loras(s.loras)
@@ -351,7 +370,8 @@ def _guidance(s: RunSettings):
 def _load(s: RunSettings):
     from .models import load_pipeline
 
-    pipe = load_pipeline(s.model, scheduler=s.scheduler, config=s.config, textual_inversions=s.textual_inversions, loras=s.loras)
+    pipe = load_pipeline(s.model, scheduler=s.scheduler, config=s.config, textual_inversions=s.textual_inversions, loras=s.loras,
+                         device=s.device, torch_dtype=_dtype(s))
     if s.init_image is not None:
         from .models import image_to_image
 
@@ -361,6 +381,13 @@ def _load(s: RunSettings):
         _check_clip_skip(s.clip_skip, min(e.config.num_hidden_layers for e in encoders))
     pipe.set_progress_bar_config(disable=False, leave=True, file=sys.stderr)
     return pipe
+
+
+def _dtype(settings) -> Any:
+    """The dtype load_pipeline gets: --dtype, with an InputError naming the flag (not load_pipeline's torch_dtype)."""
+    from .devices import resolve_device, resolve_dtype
+
+    return resolve_dtype(settings.dtype, resolve_device(settings.device), argument="dtype")
 
 
 def _generate(pipe, s: RunSettings, **timing: Any):

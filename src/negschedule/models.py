@@ -119,7 +119,10 @@ def load_pipeline(
     :mod:`negschedule.schedulers`. ``textual_inversions`` are ``(file, token)`` pairs loaded with
     :func:`negschedule.textual_inversion.load_textual_inversion`. ``loras`` are ``(file, weight)``
     pairs, each loaded as an adapter and all set active at their weights (A1111's ``<lora:name:w>``).
-    The pipeline's progress bar is left as diffusers configures it.
+    ``device`` ("cuda", "cuda:1", "mps", "cpu" or "auto": the first GPU there is) is where the loaded
+    pipeline is moved, None leaving it where it loads; ``torch_dtype`` a dtype, its name, or "auto"
+    (float16 on a GPU; see :mod:`negschedule.devices`). The pipeline's progress bar is left as
+    diffusers configures it.
     """
     # Cheap checks first, so bad input fails before a model is loaded.
     if scheduler is not None:
@@ -130,13 +133,17 @@ def load_pipeline(
         if not Path(ti_path).is_file():
             raise InputError("textual_inversions", str(ti_path), "no such file")
     check_loras(loras)
+    from .devices import resolve_device, resolve_dtype
+
+    device = resolve_device(device)
+    dtype = resolve_dtype(torch_dtype, device)
 
     source, where = _classify(model)
     if config is not None and source != "single_file":
         raise InputError("config", str(config), "only used with a single-file checkpoint (.safetensors/.ckpt)")
 
     # diffusers 0.42 deprecates its own torch_dtype= in favour of dtype=; users still know torch_dtype.
-    dtype_kwargs = {} if torch_dtype is None else {"dtype": _resolve_dtype(torch_dtype)}
+    dtype_kwargs = {} if dtype is None else {"dtype": dtype}
     if source == "default":
         pipe = _load_default(dtype_kwargs)
     elif source == "folder":
@@ -204,14 +211,6 @@ def image_to_image(pipe):
         raise InputError("init_image", type(pipe).__name__, f"this pipeline has no image-to-image form ({err})") from None
 
 
-def _resolve_dtype(torch_dtype):
-    """A torch.dtype, given one or its name ("float16"); diffusers would silently use float32 for anything else."""
-    import torch
-
-    resolved = getattr(torch, torch_dtype, None) if isinstance(torch_dtype, str) else torch_dtype
-    if not isinstance(resolved, torch.dtype):
-        raise InputError("torch_dtype", torch_dtype, "not a torch dtype (e.g. torch.float16 or 'bfloat16')")
-    return resolved
 
 
 def _classify(model) -> tuple[str, Path | str | None]:

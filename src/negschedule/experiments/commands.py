@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..cli import RESUMABLE, lora_arg, textual_inversion_arg
+from ..cli import RESUMABLE, add_device_flags, lora_arg, textual_inversion_arg
 from ..errors import InputError
 from ..schedulers import SCHEDULER_NAMES
 
@@ -71,6 +71,7 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
                    help="load an embedding under TOKEN (e.g. easynegative.safetensors:EasyNegativeV2); repeatable")
     p.add_argument("--lora", type=lora_arg, action="append", default=[], metavar="PATH[:WEIGHT]",
                    help="load a LoRA file at WEIGHT (default 1); repeatable")
+    add_device_flags(p)
 
 
 def add_sweep_flags(p: argparse.ArgumentParser) -> None:
@@ -94,9 +95,14 @@ def add_sweep_flags(p: argparse.ArgumentParser) -> None:
 
 def load_model(args: argparse.Namespace):
     from .. import load_pipeline
+    from ..cli import _dtype
+    from .sweep import _shard
 
+    state = _shard()[2]
+    # Under `accelerate launch` each process takes its own accelerator; --device is for one process.
+    device = str(state.device) if state is not None and state.device.type != "cpu" else args.device
     pipe = load_pipeline(args.model, scheduler=args.scheduler, config=args.config,
-                         textual_inversions=args.textual_inversion, loras=args.lora)
+                         textual_inversions=args.textual_inversion, loras=args.lora, device=device, torch_dtype=_dtype(args))
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -141,9 +147,6 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if out.exists() and not out.is_dir():
         raise InputError("out", str(out), "exists and is not a folder")
     pipe = load_model(args)
-    state = _shard()[2]
-    if state is not None and state.device.type != "cpu":
-        pipe.to(state.device)  # one accelerator per process
     began = time.perf_counter()
     result = run_sweep(pipe, config, out=out, progress=not args.no_progress, clip=clip_detector_parts(args), context=_model_context(args))
     if _shard()[0] == 0:
@@ -257,6 +260,16 @@ def _model_context(args: argparse.Namespace) -> dict[str, Any]:
         context["textual_inversions"] = [[path, token, file_fingerprint(path)] for path, token in args.textual_inversion]
     if args.lora:
         context["loras"] = [[path, weight, file_fingerprint(path)] for path, weight in args.lora]
+    # Pictures differ slightly between devices and precisions: a folder begun on a GPU in float16 is
+    # not resumed on the CPU in float32. Only off the CPU defaults, so that older folders still resume.
+    from ..devices import resolve_device, resolve_dtype
+
+    device = resolve_device(args.device)
+    dtype = resolve_dtype(args.dtype, device, argument="dtype")
+    if device is not None and device != "cpu":
+        context["device"] = device.split(":")[0]
+    if dtype is not None:
+        context["dtype"] = str(dtype).removeprefix("torch.")
     return context
 
 
