@@ -28,6 +28,7 @@ import torch
 import negschedule as ns
 from negschedule.guidance import Guidance, GuidanceRule
 from negschedule.schedule import parse_step_value
+from sd15_shaped import load_benchmark_pipeline
 
 
 def main() -> None:
@@ -44,16 +45,7 @@ def main() -> None:
                         help="further rows, run in the engine (repeatable)")
     args = parser.parse_args()
 
-    if args.model == "sd15-shaped":
-        from sd15_shaped import build_sd15_shaped
-
-        pipe = build_sd15_shaped()
-        if args.dtype is not None:
-            pipe.to(dtype=getattr(torch, args.dtype))
-        pipe.to(args.device)
-    else:
-        pipe = ns.load_pipeline(args.model, device=args.device, torch_dtype=args.dtype)
-    pipe.set_progress_bar_config(disable=True)
+    pipe = load_benchmark_pipeline(args.model, args.device, args.dtype)
     common = dict(prompt="a red circle and a blue square", num_inference_steps=args.steps, output_type=args.output_type)
 
     def stock():
@@ -70,15 +62,22 @@ def main() -> None:
         else:
             rows[name] = lambda rule=GuidanceRule.parse(name): ours(guidance=Guidance(rule), negative_start=0)
 
+    cuda = args.device.startswith("cuda")
+
     def timed(fn) -> float:
         t0 = time.perf_counter()
         fn()
-        if args.device.startswith("cuda"):
+        if cuda:
             torch.cuda.synchronize()  # a latent output may still be in flight
         return time.perf_counter() - t0
 
-    for fn in rows.values():
-        fn()  # warm-up: first-call allocations, kernel selection and lazy imports out of the figures
+    peak = {}
+    for name, fn in rows.items():  # warm-up: first-call allocations, kernel selection and lazy imports out of the figures
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
+        fn()
+        if cuda:
+            peak[name] = torch.cuda.max_memory_allocated() / 2**20
     times = {name: [] for name in rows}
     for _ in range(args.repeats):
         for name, fn in rows.items():
@@ -95,6 +94,7 @@ def main() -> None:
         "median_s": med,
         "ratio_of_medians": med["negschedule"] / med["stock"],
         "ratios_to_stock": {name: med[name] / med["stock"] for name in rows if name != "stock"},
+        "peak_cuda_memory_mib": peak or None,  # each row's first call, the weights included
         "torch_threads": torch.get_num_threads(),
     }
     print(json.dumps(result, indent=2))

@@ -11,6 +11,7 @@ modes: ``calibrated`` (groups of branches per UNet call, in sizes checked bit-id
 ``all`` (one call per pass, equal to ~1e-6 only).
 
     python benchmarks/bench_sweep.py [--model PATH] [--steps 20] [--repeats 5] [--batched] [--device cuda]
+    python benchmarks/bench_sweep.py --model sd15-shaped --device cuda --dtype float16 --batched   # SD 1.5's shapes (sd15_shaped.py)
 """
 
 from __future__ import annotations
@@ -31,11 +32,9 @@ NEGATIVE = "blue square"
 
 
 def load(args):
-    pipe = ns.load_pipeline(args.model, scheduler=args.scheduler)
-    pipe.set_progress_bar_config(disable=True)
-    if args.device:
-        pipe.to(args.device)
-    return pipe
+    from sd15_shaped import load_benchmark_pipeline
+
+    return load_benchmark_pipeline(args.model, args.device, args.dtype, args.scheduler)
 
 
 def loop(pipe, steps: int, output_type: str):
@@ -67,7 +66,7 @@ def _same(a, b) -> bool:
 def peak_memory(args, mode: str) -> float:
     """Peak memory in MiB of one run of ``mode`` in a fresh process."""
     cmd = [sys.executable, __file__, "--child", mode, "--steps", str(args.steps), "--output-type", args.output_type]
-    for flag, value in (("--model", args.model), ("--scheduler", args.scheduler), ("--device", args.device)):
+    for flag, value in (("--model", args.model), ("--scheduler", args.scheduler), ("--device", args.device), ("--dtype", args.dtype)):
         if value:
             cmd += [flag, value]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True)
@@ -110,6 +109,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--output-type", default="pil", help="'latent' leaves the VAE out of both timings")
     parser.add_argument("--device", default=None, help="e.g. cuda; default: where the model loads")
+    parser.add_argument("--dtype", default=None, help="e.g. float16; default: as the model is stored")
     parser.add_argument("--batched", action="store_true",
                         help="also time Batching.CALIBRATED (bit-exact where checked) and Batching.ALL (~1e-6)")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
@@ -138,7 +138,8 @@ def main() -> None:
     result = {
         "model": args.model or "embedded default",
         "scheduler": type(pipe.scheduler).__name__,
-        "device": str(pipe.device),
+        "device": torch.cuda.get_device_name() if pipe.device.type == "cuda" else str(pipe.device),
+        "dtype": str(pipe.unet.dtype),
         "steps": T,
         "images": T + 1,
         "repeats": args.repeats,

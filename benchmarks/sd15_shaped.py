@@ -43,3 +43,20 @@ def build_sd15_shaped(seed: int = 0):
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def load_benchmark_pipeline(model: str | None, device: str | None = None, dtype: str | None = None, scheduler: str | None = None):
+    """What the benchmarks' ``--model`` names: "sd15-shaped" (above) or anything ``load_pipeline`` takes."""
+    import negschedule as ns
+
+    if model == "sd15-shaped":
+        pipe = build_sd15_shaped()
+        if scheduler is not None:
+            from negschedule.schedulers import set_scheduler
+
+            set_scheduler(pipe, scheduler)
+        pipe.to(device or "cpu", getattr(torch, dtype) if dtype else None)
+    else:
+        pipe = ns.load_pipeline(model, scheduler=scheduler, device=device, torch_dtype=dtype)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
