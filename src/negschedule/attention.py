@@ -56,7 +56,8 @@ class _Sink:
             maps = F.interpolate(maps, size=(H, W), mode="bilinear", align_corners=False)
         if self.step in self.sums and self.sums[self.step].shape[0] != batch:
             return  # a pass of the same step with another CFG layout: keep the first layout
-        self.sums[self.step] = self.sums.get(self.step, 0) + maps.cpu()
+        # Kept where the UNet runs: a copy to the CPU per layer would make a GPU wait on every layer.
+        self.sums[self.step] = self.sums.get(self.step, 0) + maps
         self.counts[self.step] = self.counts.get(self.step, 0) + 1
 
 
@@ -69,7 +70,7 @@ class _CapturingProcessor:
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, *args, **kwargs):
         out = self.inner(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)
-        if encoder_hidden_states is not None:
+        if encoder_hidden_states is not None and self.sink.step is not None:  # between probes: nothing to compute
             with torch.no_grad():
                 self.sink.record(self._probabilities(attn, hidden_states, encoder_hidden_states, attention_mask), attn.heads)
         return out
@@ -139,7 +140,7 @@ class CrossAttentionCapture:
             self._saved = None
 
     def maps(self) -> dict[int, torch.Tensor]:
-        return {step: total / self.sink.counts[step] for step, total in sorted(self.sink.sums.items())}
+        return {step: (total / self.sink.counts[step]).cpu() for step, total in sorted(self.sink.sums.items())}
 
 
 def token_positions(tokenizer, text: str, word: str, argument: str = "tokens") -> list[int]:

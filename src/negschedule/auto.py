@@ -337,7 +337,7 @@ class _Decider:
         sink = self.capture.sink
         if step not in sink.sums:
             return None
-        maps = sink.sums.pop(step) / sink.counts.pop(step)  # (rows, columns, H, W); row 1 is the negative's
+        maps = (sink.sums.pop(step) / sink.counts.pop(step)).cpu()  # (rows, columns, H, W); row 1 is the negative's
         m = maps[1].mean(dim=0).flatten().double()
         top = max(1, m.numel() // 10)
         return float(m.topk(top).values.sum() / m.sum().clamp_min(1e-12))
