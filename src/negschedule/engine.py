@@ -35,7 +35,10 @@ call is not bit-exact against ``generate()`` in general, and the engine offers t
   fewer seconds per evaluation). The checks cost a few extra evaluations, counted apart in
   ``calibration_evaluations``.
 * ``ALL``: every live branch in one call per pass - the fastest, equal to ``generate()`` only to
-  about 1e-6.
+  about 1e-6 on the CPU; on a GPU with TF32 convolutions (PyTorch's default there) the rows of
+  different batch sizes differ more, about 1e-2 in the latents of the tiny pipeline. On an H100 in
+  float16 ``PER_BRANCH`` already takes 0.54 of the time of separate generations for a full start
+  sweep, ``CALIBRATED`` no less, ``ALL`` 0.47 at 1.8x the memory (``benchmarks/README.md``).
 
 Either way the prefix sharing, which is where most of the saving comes from, is exact.
 

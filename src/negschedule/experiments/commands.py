@@ -87,7 +87,8 @@ def add_sweep_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--detector", default="toy", choices=["toy", "clip"])
     p.add_argument("--clip-model", default=None, help="a local CLIPModel folder (with its tokenizer) for --detector clip")
     p.add_argument("--batching", default="per_branch", choices=["per_branch", "calibrated", "all"],
-                   help="how branches share UNet calls: per_branch and calibrated are bit-exact, all is fastest (~1e-6)")
+                   help="how branches share UNet calls: per_branch and calibrated are bit-exact, all is fastest "
+                        "(equal to ~1e-6 on a CPU, less on a GPU with TF32)")
     p.add_argument("--out", required=True, help="folder for images, results.json, report.html (a rerun resumes)")
     p.add_argument("--no-progress", action="store_true")
     add_model_flags(p)
