@@ -96,11 +96,12 @@ def add_device_flags(p: argparse.ArgumentParser) -> None:
                                                    "(seeds draw the same noise everywhere, but pictures differ slightly between devices and dtypes)")
 
 
-def check_device_flags(args) -> None:
-    """--device and --dtype checked before the model loads (a GPU that is not there fails in one line)."""
+def device_dtype(args) -> Any:
+    """--device and --dtype checked (a GPU that is not there fails in one line, naming the flag, before
+    anything loads); the dtype load_pipeline gets."""
     from .devices import resolve_device, resolve_dtype
 
-    resolve_dtype(args.dtype, resolve_device(args.device), argument="dtype")
+    return resolve_dtype(args.dtype, resolve_device(args.device), argument="dtype")
 
 
 def _add_generation_flags(p: argparse.ArgumentParser) -> None:
@@ -300,7 +301,7 @@ def _check_before_loading(s: RunSettings) -> None:
 
     if s.steps <= 0:
         raise InputError("steps", s.steps, "must be at least 1")
-    check_device_flags(s)
+    device_dtype(s)
     from .models import check_loras
 
     check_loras(s.loras)
@@ -371,7 +372,7 @@ def _load(s: RunSettings):
     from .models import load_pipeline
 
     pipe = load_pipeline(s.model, scheduler=s.scheduler, config=s.config, textual_inversions=s.textual_inversions, loras=s.loras,
-                         device=s.device, torch_dtype=_dtype(s))
+                         device=s.device, torch_dtype=device_dtype(s))
     if s.init_image is not None:
         from .models import image_to_image
 
@@ -381,13 +382,6 @@ def _load(s: RunSettings):
         _check_clip_skip(s.clip_skip, min(e.config.num_hidden_layers for e in encoders))
     pipe.set_progress_bar_config(disable=False, leave=True, file=sys.stderr)
     return pipe
-
-
-def _dtype(settings) -> Any:
-    """The dtype load_pipeline gets: --dtype, with an InputError naming the flag (not load_pipeline's torch_dtype)."""
-    from .devices import resolve_device, resolve_dtype
-
-    return resolve_dtype(settings.dtype, resolve_device(settings.device), argument="dtype")
 
 
 def _generate(pipe, s: RunSettings, **timing: Any):

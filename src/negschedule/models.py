@@ -211,8 +211,6 @@ def image_to_image(pipe):
         raise InputError("init_image", type(pipe).__name__, f"this pipeline has no image-to-image form ({err})") from None
 
 
-
-
 def _classify(model) -> tuple[str, Path | str | None]:
     """("default" | "folder" | "single_file" | "hub", the path or id), or an InputError for what cannot be a model."""
     if model is None:

@@ -96,14 +96,14 @@ def add_sweep_flags(p: argparse.ArgumentParser) -> None:
 
 def load_model(args: argparse.Namespace):
     from .. import load_pipeline
-    from ..cli import _dtype
+    from ..cli import device_dtype
     from .sweep import _shard
 
     state = _shard()[2]
     # Under `accelerate launch` each process takes its own accelerator; --device is for one process.
     device = str(state.device) if state is not None and state.device.type != "cpu" else args.device
     pipe = load_pipeline(args.model, scheduler=args.scheduler, config=args.config,
-                         textual_inversions=args.textual_inversion, loras=args.lora, device=device, torch_dtype=_dtype(args))
+                         textual_inversions=args.textual_inversion, loras=args.lora, device=device, torch_dtype=device_dtype(args))
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -263,10 +263,10 @@ def _model_context(args: argparse.Namespace) -> dict[str, Any]:
         context["loras"] = [[path, weight, file_fingerprint(path)] for path, weight in args.lora]
     # Pictures differ slightly between devices and precisions: a folder begun on a GPU in float16 is
     # not resumed on the CPU in float32. Only off the CPU defaults, so that older folders still resume.
-    from ..devices import resolve_device, resolve_dtype
+    from ..cli import device_dtype
+    from ..devices import resolve_device
 
-    device = resolve_device(args.device)
-    dtype = resolve_dtype(args.dtype, device, argument="dtype")
+    device, dtype = resolve_device(args.device), device_dtype(args)
     if device is not None and device != "cpu":
         context["device"] = device.split(":")[0]
     if dtype is not None:
