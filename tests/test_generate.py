@@ -481,3 +481,41 @@ def test_sdxl_refiner_with_denoising_start_counts_from_its_first_step(tiny_sd, t
     assert torch.equal(latents_of(generate, pipe, negative_prompt=NEG, negative_start=4, **run)[0], expected_none)
     _, steps = latents_of(generate, pipe, negative_prompt=NEG, negative_start=1, **run)
     assert torch.equal(steps[0], ref_steps[0]) and not torch.equal(steps[1], ref_steps[1])
+
+
+def _controlnet(kind, tiny_sd, tiny_sdxl):
+    """The tiny pipeline's parts with a ControlNet made from its UNet (diffusers' ``from_unet``), and a control picture."""
+    from diffusers import ControlNetModel, StableDiffusionControlNetPipeline, StableDiffusionXLControlNetPipeline
+
+    base = tiny_sdxl if kind == "sdxl" else tiny_sd
+    torch.manual_seed(5)
+    controlnet = ControlNetModel.from_unet(base.unet, conditioning_embedding_out_channels=(8, 16)).eval()
+    with torch.no_grad():  # a new ControlNet's output convolutions are zero (no effect until trained): give them weights
+        for conv in [*controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block]:
+            conv.weight.normal_(std=0.1)
+    cls = StableDiffusionXLControlNetPipeline if kind == "sdxl" else StableDiffusionControlNetPipeline
+    pipe = cls(**base.components, controlnet=controlnet).to(base.device, base.unet.dtype)
+    pipe.set_progress_bar_config(disable=True)
+    set_scheduler(pipe, "euler" if kind == "sdxl" else "dpmpp_2m")
+    control = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    return pipe, dict(prompt=PROMPT, image=control, height=32, width=32)
+
+
+@pytest.mark.parametrize("kind", ["sd", "sdxl"])
+def test_controlnet_pipelines_time_the_negative_as_text_to_image(tiny_sd, tiny_sdxl, kind):
+    """A ControlNet pipeline runs the same loop with one more network: the timed negative acts on it
+    bit for bit as on the text-to-image pipeline (the engine's rules refuse it: they call the UNet alone)."""
+    pipe, run = _controlnet(kind, tiny_sd, tiny_sdxl)
+    expected_neg, _ = latents_of(stock, pipe, negative_prompt=NEG, **run)
+    expected_none, ref_steps = latents_of(stock, pipe, **run)
+    assert torch.equal(latents_of(generate, pipe, negative_prompt=NEG, negative_start=0, **run)[0], expected_neg)
+    assert torch.equal(latents_of(generate, pipe, negative_prompt=NEG, negative_start=N, **run)[0], expected_none)
+    got, steps = latents_of(generate, pipe, negative_prompt=NEG, negative_start=3, **run)
+    assert all(torch.equal(steps[s], ref_steps[s]) for s in range(3)) and not torch.equal(steps[3], ref_steps[3])
+    # The control acts: the plain pipeline on the same parts and scheduler differs from step 0 on.
+    plain = tiny_sdxl if kind == "sdxl" else tiny_sd
+    set_scheduler(plain, "euler" if kind == "sdxl" else "dpmpp_2m")
+    _, plain_steps = latents_of(stock, plain, **{k: v for k, v in run.items() if k != "image"})
+    assert not torch.equal(plain_steps[0], ref_steps[0])
+    with pytest.raises(InputError, match="pipe"):
+        generate(pipe, negative_prompt=NEG, guidance="perp_neg", generator=torch.Generator().manual_seed(0), **run)
