@@ -80,6 +80,9 @@ def _run_eval(args: argparse.Namespace) -> int:
     _check_at_least_one(cfg, ("n", "steps", "batch", "threads"))
     require_cfg(cfg.guidance_scale, "--guidance-scale")
     check_scheduler_name(cfg.scheduler, "--scheduler")
+    from ..devices import resolve_device, resolve_dtype
+
+    resolve_dtype(cfg.dtype or None, resolve_device(cfg.device, argument="--device"), argument="--dtype")
     bad = [k for k in cfg.starts if not 0 <= k <= cfg.steps]
     if not cfg.starts or bad:
         raise InputError("--starts", ",".join(map(str, cfg.starts)), f"each start must lie in 0..{cfg.steps}")

@@ -58,6 +58,8 @@ class EvalConfig:
     starts: tuple[int, ...] = (0, 2, 4, 6, 8, 10, 14)  # negative start steps for the curves
     batch: int = 50  # images per pipeline call (memory bound)
     threads: int = 2  # torch CPU threads
+    device: str = "cpu"  # where the model runs (cuda, auto, ...); the recorded figures are the CPU's
+    dtype: str = ""  # a torch dtype name (float16, ...); "" = as stored (float32)
 
 
 def _load(cfg: EvalConfig):
@@ -70,7 +72,10 @@ def _load(cfg: EvalConfig):
     pipe.set_progress_bar_config(disable=True)
     if scheduler_name(pipe.scheduler) != cfg.scheduler:  # the model's own sampler is kept as loaded
         set_scheduler(pipe, cfg.scheduler)
-    return pipe
+    from ..devices import resolve_device, resolve_dtype
+
+    device = resolve_device(cfg.device, argument="--device")
+    return pipe.to(device, resolve_dtype(cfg.dtype or None, device, argument="--dtype"))
 
 
 def sample(pipe, prompts: list[str], seeds: list[int], cfg: EvalConfig, negative=None, start: int = 0) -> np.ndarray:
@@ -225,7 +230,10 @@ def evaluate(cfg: EvalConfig, progress=None) -> dict:
     from ..models import weights_fingerprint
 
     # What the figures depend on (batch too: it can move the last bits), the model's weights included.
-    store.open({**{k: v for k, v in asdict(cfg).items() if k not in ("out", "threads")}, "weights": weights_fingerprint(cfg.model or None)})
+    # Device and dtype only off their defaults, so that folders measured before they existed still resume.
+    defaults = {"device": "cpu", "dtype": ""}
+    settings = {k: v for k, v in asdict(cfg).items() if k not in ("out", "threads") and defaults.get(k, object()) != v}
+    store.open({**settings, "weights": weights_fingerprint(cfg.model or None)})
     out = Path(cfg.out)
     seeds = [cfg.image_seed + i for i in range(cfg.n)]
     points = _Points(store, pipe, cfg, seeds, progress)
