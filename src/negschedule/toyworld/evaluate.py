@@ -170,8 +170,9 @@ def detector_on_reconstructions(pipe, n: int = 500, first_seed: int = 2_000_000)
     scenes = [make_scene(first_seed + i) for i in range(n)]
     x = torch.from_numpy(np.stack([np.asarray(render(s)) for s in scenes])).permute(0, 3, 1, 2).float() / 127.5 - 1
     with torch.no_grad():
+        x = x.to(pipe.vae.device, pipe.vae.dtype)
         rec = pipe.vae.decode(pipe.vae.encode(x).latent_dist.mean).sample
-    images = ((rec.clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1).numpy()
+    images = ((rec.float().cpu().clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1).numpy()
     hits = [sorted(_names(detect(im))) == sorted(o.name for o in s.truth) for im, s in zip(images, scenes)]
     return float(np.mean(hits))
 
