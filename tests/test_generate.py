@@ -519,3 +519,33 @@ def test_controlnet_pipelines_time_the_negative_as_text_to_image(tiny_sd, tiny_s
     assert not torch.equal(plain_steps[0], ref_steps[0])
     with pytest.raises(InputError, match="pipe"):
         generate(pipe, negative_prompt=NEG, guidance="perp_neg", generator=torch.Generator().manual_seed(0), **run)
+
+
+def _pag(kind, tiny_sd, tiny_sdxl):
+    """The tiny pipeline's parts as diffusers' perturbed-attention-guidance pipeline (PAG on the mid block)."""
+    from diffusers import StableDiffusionPAGPipeline, StableDiffusionXLPAGPipeline
+
+    base = tiny_sdxl if kind == "sdxl" else tiny_sd
+    cls = StableDiffusionXLPAGPipeline if kind == "sdxl" else StableDiffusionPAGPipeline
+    pipe = cls(**base.components, pag_applied_layers=["mid"])
+    pipe.set_progress_bar_config(disable=True)
+    set_scheduler(pipe, "euler" if kind == "sdxl" else "ddim")
+    return pipe, dict(prompt=PROMPT, pag_scale=3.0, height=32, width=32)
+
+
+@pytest.mark.parametrize("negative", [NEG, "(blue:1.3) hat"])  # the stock encoder, and A1111 weights (our encoder)
+@pytest.mark.parametrize("kind", ["sd", "sdxl"])
+def test_pag_pipelines_time_the_negative(tiny_sd, tiny_sdxl, kind, negative):
+    """PAG stacks [negative; positive; positive] (the last for the perturbed pass): only the negative block is swapped."""
+    pipe, run = _pag(kind, tiny_sd, tiny_sdxl)
+    expected_none, ref_steps = latents_of(stock, pipe, **run)
+    if negative == NEG:
+        expected_neg, _ = latents_of(stock, pipe, negative_prompt=NEG, **run)
+        assert torch.equal(latents_of(generate, pipe, negative_prompt=NEG, negative_start=0, **run)[0], expected_neg)
+    assert torch.equal(latents_of(generate, pipe, negative_prompt=negative, negative_start=N, **run)[0], expected_none)
+    got, steps = latents_of(generate, pipe, negative_prompt=negative, negative_start=3, **run)
+    assert all(torch.equal(steps[s], ref_steps[s]) for s in range(3)) and not torch.equal(steps[3], ref_steps[3])
+    # PAG acts: without it the same call gives other latents.
+    assert not torch.equal(latents_of(stock, pipe, **{**run, "pag_scale": 0.0})[0], expected_none)
+    with pytest.raises(InputError, match="cfg_off"):
+        generate(pipe, negative_prompt=negative, negative_start=3, cfg_off=True, **run)

@@ -1,9 +1,10 @@
 """A drop-in ``PipelineCallback`` that times the negative prompt on a stock SD / SDXL pipeline.
 
-The stock pipelines concatenate ``[negative; positive]`` embeddings once, before their loop, and
-hand them to ``callback_on_step_end`` after every loop pass. The callback swaps the negative half
-(and SDXL's pooled negative in ``add_text_embeds``) whenever the next pass belongs to a step whose
-active negative text differs. A callback runs *after* pass ``i``, so the state for pass 0 must be
+The stock pipelines concatenate ``[negative; positive]`` embeddings once, before their loop
+(``[negative; positive; positive]`` with perturbed-attention guidance), and hand them to
+``callback_on_step_end`` after every loop pass. The callback swaps the negative block (and SDXL's
+pooled negative in ``add_text_embeds``) whenever the next pass belongs to a step whose active
+negative text differs. A callback runs *after* pass ``i``, so the state for pass 0 must be
 set up front: :meth:`NegativeScheduleCallback.pipeline_kwargs` gives the ``negative_prompt`` (and,
 in ``cfg_off`` mode, the ``guidance_scale``) to start the call with.
 
@@ -135,7 +136,9 @@ class NegativeScheduleCallback(PipelineCallback):
                     self._pass_steps[-1] + 1,
                     f"the callback was planned for {len(self.step_keys)} steps",
                 )
-        self.model_evaluations += 2 if pipeline.do_classifier_free_guidance else 1
+            if self.cfg_off and self._pag(pipeline):
+                raise InputError("cfg_off", True, "not with perturbed-attention guidance (pag_scale > 0): PAG's batch keeps CFG's layout")
+        self.model_evaluations += (2 if pipeline.do_classifier_free_guidance else 1) + self._pag(pipeline)
         next_pass = step_index + 1
         if next_pass >= len(self._pass_steps):
             return callback_kwargs
@@ -146,31 +149,40 @@ class NegativeScheduleCallback(PipelineCallback):
         self._active = key
         return callback_kwargs
 
+    @staticmethod
+    def _pag(pipeline) -> bool:
+        """Whether the call runs perturbed-attention guidance (the PAG pipelines with ``pag_scale > 0``)."""
+        return bool(getattr(pipeline, "do_perturbed_attention_guidance", False))
+
+    def blocks(self, pipeline, key: NegativeKey) -> int:
+        """Row blocks of the batch while ``key`` is active: the negative (under CFG), the positive, and
+        the positive again for PAG's perturbed pass (diffusers' PAG pipelines stack ``[neg; pos; pos]``)."""
+        return (2 if self._cfg_on(key) else 1) + self._pag(pipeline)
+
     def _switch(self, pipeline, old: NegativeKey, new: NegativeKey, kw: dict[str, Any]) -> None:
-        """Rewrite the conditioning in ``kw`` from negative ``old`` to negative ``new``."""
+        """Rewrite the conditioning in ``kw`` from negative ``old`` to negative ``new``: only the negative
+        block changes; the blocks after it (the positive, PAG's copy) are kept as the pipeline made them."""
         sdxl = is_sdxl(pipeline)
         was_cfg, now_cfg = self._cfg_on(old), self._cfg_on(new)
-        # The positive half is whatever the pipeline has been using: the second half under CFG.
-        positive = kw["prompt_embeds"].chunk(2)[1] if was_cfg else kw["prompt_embeds"]
-        if sdxl:
-            pooled = kw["add_text_embeds"].chunk(2)[1] if was_cfg else kw["add_text_embeds"]
-            time_ids = kw["add_time_ids"].chunk(2)[1] if was_cfg else kw["add_time_ids"]
+        rows = kw["prompt_embeds"].shape[0] // self.blocks(pipeline, old)
+        names = ["prompt_embeds", "add_text_embeds", "add_time_ids"] if sdxl else ["prompt_embeds"]
+        # What follows the negative block: everything but the first block under CFG, all of it without.
+        rest = {name: kw[name][rows:] if was_cfg else kw[name] for name in names}
         if not now_cfg:
             pipeline._guidance_scale = 1.0
-            kw["prompt_embeds"] = positive
-            if sdxl:
-                kw["add_text_embeds"], kw["add_time_ids"] = pooled, time_ids
+            kw.update(rest)
             return
+        positive = rest["prompt_embeds"][:rows]
         if self._encoder.positive is None:
             # One row per prompt: the pipeline repeats each prompt num_images_per_prompt times in a row.
             n = self._encoder.num_images_per_prompt
             self._encoder.device = positive.device
-            self._encoder.positive = NegativeEmbeds(positive[::n], pooled[::n] if sdxl else None)
+            self._encoder.positive = NegativeEmbeds(positive[::n], rest["add_text_embeds"][:rows][::n] if sdxl else None)
         negative = self._encoder(new)
         pipeline._guidance_scale = self.guidance_scale
-        kw["prompt_embeds"] = torch.cat([negative.prompt_embeds.to(positive), positive])
+        kw["prompt_embeds"] = torch.cat([negative.prompt_embeds.to(positive), rest["prompt_embeds"]])
         if sdxl:
-            kw["add_text_embeds"] = torch.cat([negative.pooled_prompt_embeds.to(pooled), pooled])
+            kw["add_text_embeds"] = torch.cat([negative.pooled_prompt_embeds.to(rest["add_text_embeds"]), rest["add_text_embeds"]])
             if not was_cfg:
                 # Without negative size conditioning the pipeline uses the positive time ids for both halves.
-                kw["add_time_ids"] = torch.cat([time_ids, time_ids])
+                kw["add_time_ids"] = torch.cat([rest["add_time_ids"][:rows], rest["add_time_ids"]])

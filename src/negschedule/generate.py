@@ -195,6 +195,14 @@ def _needs_engine(guidance, negative_start) -> bool:
     return Guidance.of(guidance).rule not in (GuidanceRule.CFG, GuidanceRule.TIMED)
 
 
+def _pag_scale(pipe, kwargs: dict[str, Any]) -> float:
+    """The call's perturbed-attention guidance scale: 0 on pipelines without PAG, else ``pag_scale`` or its default."""
+    params = inspect.signature(type(pipe).__call__).parameters
+    if "pag_scale" not in params:
+        return 0.0
+    return float(kwargs.get("pag_scale", params["pag_scale"].default))
+
+
 def generate(
     pipe,
     *,
@@ -275,6 +283,9 @@ def generate(
     require_cfg(guidance_scale)
     if cfg_off and any(kwargs.get(n) is not None for n in ("negative_original_size", "negative_target_size")):
         raise InputError("cfg_off", cfg_off, "cannot be combined with negative size conditioning")
+    if cfg_off and _pag_scale(pipe, kwargs) > 0:
+        # PAG picks its attention processors for CFG on or off once, at the start of the call.
+        raise InputError("cfg_off", cfg_off, "cannot be combined with perturbed-attention guidance (pag_scale > 0)")
 
     step_keys = plan_negatives(
         negative_prompt,
