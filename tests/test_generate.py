@@ -549,3 +549,27 @@ def test_pag_pipelines_time_the_negative(tiny_sd, tiny_sdxl, kind, negative):
     assert not torch.equal(latents_of(stock, pipe, **{**run, "pag_scale": 0.0})[0], expected_none)
     with pytest.raises(InputError, match="cfg_off"):
         generate(pipe, negative_prompt=negative, negative_start=3, cfg_off=True, **run)
+
+
+def test_pipelines_without_a_step_callback_take_a_whole_run_negative_and_refuse_a_timed_one(tiny_sd):
+    """Self-attention guidance's pipeline has no callback_on_step_end: a negative on every step (or none) is the
+    stock call, a start in between is refused in one line instead of the pipeline's TypeError."""
+    from diffusers import StableDiffusionSAGPipeline
+
+    pipe = StableDiffusionSAGPipeline(**tiny_sd.components)
+    pipe.set_progress_bar_config(disable=True)
+    set_scheduler(pipe, "ddim")
+    assert torch.equal(latents_of_call(generate, pipe, negative_prompt=NEG, negative_start=0),
+                       latents_of_call(stock, pipe, negative_prompt=NEG))
+    assert torch.equal(latents_of_call(generate, pipe, negative_prompt=NEG, negative_start=N), latents_of_call(stock, pipe))
+    # CFG off while the negative is off, and it is off throughout: the stock call at guidance 1.
+    assert torch.equal(latents_of_call(generate, pipe, negative_prompt=NEG, negative_start=N, cfg_off=True),
+                       latents_of_call(stock, pipe, guidance_scale=1.0))
+    for timed in (dict(negative_start=3), dict(negative_start=3, cfg_off=True), dict(negative_start=0, negative_end=2)):
+        with pytest.raises(InputError, match="pipe=.*callback_on_step_end"):
+            latents_of_call(generate, pipe, negative_prompt=NEG, **timed)
+
+
+def latents_of_call(fn, pipe, **kwargs):
+    """The final latents of one call with a fixed seed, for pipelines that take no step callback."""
+    return fn(pipe, prompt=PROMPT, num_inference_steps=N, output_type="latent", generator=torch.Generator().manual_seed(1), **kwargs).images

@@ -312,6 +312,15 @@ def generate(
 
         callback = WeightedNegativeScheduleCallback(step_keys, weighted, guidance_scale, cfg_off=cfg_off).bind(pipe)
 
+    if "callback_on_step_end" not in inspect.signature(type(pipe).__call__).parameters:
+        # Older community-style pipelines (SAG, Attend-and-Excite, GLIGEN, ...) offer no per-step hook.
+        if any(key != step_keys[0] for key in step_keys):
+            raise InputError("pipe", type(pipe).__name__, "has no callback_on_step_end, so a negative cannot be timed "
+                                                          "on it (a negative on every step, or none, works)")
+        kwargs.update(callback.pipeline_kwargs())  # step 0's state holds for the whole run (CFG off included)
+        kwargs.pop("callback_on_step_end")
+        return pipe(**kwargs)
+
     user_callback = kwargs.pop("callback_on_step_end", None)
     tensor_inputs = list(callback.tensor_inputs)
     if user_callback is not None:
