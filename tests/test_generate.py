@@ -573,3 +573,16 @@ def test_pipelines_without_a_step_callback_take_a_whole_run_negative_and_refuse_
 def latents_of_call(fn, pipe, **kwargs):
     """The final latents of one call with a fixed seed, for pipelines that take no step callback."""
     return fn(pipe, prompt=PROMPT, num_inference_steps=N, output_type="latent", generator=torch.Generator().manual_seed(1), **kwargs).images
+
+
+@pytest.mark.parametrize("family", ["StableDiffusion3Pipeline", "FluxPipeline"])
+def test_other_families_are_refused_not_half_swapped(family):
+    """SD3 and Flux keep pooled / T5 conditioning where the callback does not look: refused before sampling."""
+    import diffusers
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    cls = getattr(diffusers, family)
+    parts = {name: None for name in inspect.signature(cls.__init__).parameters if name != "self"}
+    pipe = cls(**{**parts, "scheduler": FlowMatchEulerDiscreteScheduler()})  # no weights: the refusal needs none
+    with pytest.raises(InputError, match=f"pipe='{family}'"):
+        generate(pipe, prompt=PROMPT, negative_prompt=NEG, negative_start=2, num_inference_steps=N)

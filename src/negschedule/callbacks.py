@@ -113,6 +113,9 @@ class NegativeScheduleCallback(PipelineCallback):
 
     def bind(self, pipe) -> "NegativeScheduleCallback":
         """Attach to ``pipe`` (sets the tensor inputs it needs); returns self."""
+        from .generate import check_family
+
+        check_family(pipe)
         self._tensor_inputs = ["prompt_embeds"] + (["add_text_embeds", "add_time_ids"] if is_sdxl(pipe) else [])
         self._encoder = NegativeEncoder(pipe, self.encode_kwargs)
         self._active = self.step_keys[0]
