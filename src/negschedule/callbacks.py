@@ -21,7 +21,7 @@ from typing import Any, Sequence
 import torch
 from diffusers.callbacks import PipelineCallback
 
-from .conditioning import NegativeEmbeds, NegativeEncoder, NegativeKey, is_sdxl
+from .conditioning import NegativeEmbeds, NegativeEncoder, NegativeKey, check_family, is_sdxl
 from .errors import InputError
 from .passes import step_of_passes
 
@@ -113,8 +113,6 @@ class NegativeScheduleCallback(PipelineCallback):
 
     def bind(self, pipe) -> "NegativeScheduleCallback":
         """Attach to ``pipe`` (sets the tensor inputs it needs); returns self."""
-        from .generate import check_family
-
         check_family(pipe)
         self._tensor_inputs = ["prompt_embeds"] + (["add_text_embeds", "add_time_ids"] if is_sdxl(pipe) else [])
         self._encoder = NegativeEncoder(pipe, self.encode_kwargs)

@@ -6,6 +6,9 @@ user's own prompt arguments, and only decides what to pass as ``negative_prompt`
 is what the pipeline uses when it is given no negative prompt: the encoding of "" for SD 1.x/2.x,
 zero embeddings (pooled included) for SDXL with ``force_zeros_for_empty_prompt``.
 
+Pipelines of other families (SD3, Flux) are refused (``check_family``): their conditioning lies
+where the step callback does not swap it.
+
 A batch row may be off while another is on (a list of prompts, each with its own negative
 schedule): SD encodes "" for the off rows, which is what it does for ``negative_prompt=None``;
 SDXL with forced zeros zeroes those rows.
@@ -17,6 +20,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+
+from .errors import InputError
 
 # The per-prompt negative texts active at one step; None = off for that prompt.
 NegativeKey = tuple  # tuple[str | None, ...]
@@ -35,6 +40,21 @@ def is_sdxl(pipe) -> bool:
     return getattr(pipe, "text_encoder_2", None) is not None and "add_text_embeds" in getattr(
         pipe, "_callback_tensor_inputs", ()
     )
+
+
+def check_family(pipe) -> None:
+    """Refuse pipelines whose conditioning this project does not know how to swap.
+
+    The timed negative rewrites the embeddings a Stable Diffusion 1.x/2.x or SDXL pipeline (a UNet on
+    CLIP text encodings, SDXL's pooled ones in ``add_text_embeds``) hands its step callback. SD3 and
+    Flux (a transformer, pooled or T5 embeddings elsewhere) would get a half-swapped negative: refused.
+    """
+    name = type(pipe).__name__
+    if getattr(pipe, "unet", None) is None or not hasattr(pipe, "encode_prompt"):
+        raise InputError("pipe", name, "negschedule times negatives on Stable Diffusion 1.x/2.x and SDXL pipelines "
+                                       "(a UNet on CLIP text encodings)")
+    if getattr(pipe, "text_encoder_2", None) is not None and not is_sdxl(pipe):
+        raise InputError("pipe", name, "has a second text encoder but not SDXL's pooled conditioning (add_text_embeds)")
 
 
 def negative_argument(key: NegativeKey, prompt: Any) -> str | list[str] | None:

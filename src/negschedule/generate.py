@@ -195,23 +195,6 @@ def _needs_engine(guidance, negative_start) -> bool:
     return Guidance.of(guidance).rule not in (GuidanceRule.CFG, GuidanceRule.TIMED)
 
 
-def check_family(pipe) -> None:
-    """Refuse pipelines whose conditioning this project does not know how to swap.
-
-    The timed negative rewrites the embeddings a Stable Diffusion 1.x/2.x or SDXL pipeline (a UNet on
-    CLIP text encodings, SDXL's pooled ones in ``add_text_embeds``) hands its step callback. SD3 and
-    Flux (a transformer, pooled or T5 embeddings elsewhere) would get a half-swapped negative: refused.
-    """
-    from .conditioning import is_sdxl
-
-    name = type(pipe).__name__
-    if getattr(pipe, "unet", None) is None or not hasattr(pipe, "encode_prompt"):
-        raise InputError("pipe", name, "negschedule times negatives on Stable Diffusion 1.x/2.x and SDXL pipelines "
-                                       "(a UNet on CLIP text encodings)")
-    if getattr(pipe, "text_encoder_2", None) is not None and not is_sdxl(pipe):
-        raise InputError("pipe", name, "has a second text encoder but not SDXL's pooled conditioning (add_text_embeds)")
-
-
 def _pag_scale(pipe, kwargs: dict[str, Any]) -> float:
     """The call's perturbed-attention guidance scale: 0 on pipelines without PAG, else ``pag_scale`` or its default."""
     params = inspect.signature(type(pipe).__call__).parameters
@@ -255,6 +238,8 @@ def generate(
     from .noise_levels import resolve_noise_levels
 
     if kwargs.get("negative_prompt") is not None or negative_windows:
+        from .conditioning import check_family
+
         check_family(pipe)
     # Sigma / timestep-percent bounds become steps first, so everything below sees steps only.
     negative_start, negative_end, negative_windows = resolve_noise_levels(pipe, kwargs, negative_start, negative_end, negative_windows)
