@@ -371,3 +371,21 @@ def test_cli_sweep_with_an_embedding_and_a_lora(tiny_model_dir, tmp_path, capsys
     capsys.readouterr()
     assert main([*args, "--lora", f"{lora}:0.8"]) == 2  # other settings into the same folder
     assert "loras" in capsys.readouterr().err
+
+
+def test_cli_sweep_records_a_precision_other_than_the_default_and_refuses_to_mix(tiny_model_dir, tmp_path, capsys):
+    """Pictures differ between precisions: a folder begun in bfloat16 is not resumed in float32 (and the
+    CPU default adds nothing to the settings, so folders written before --dtype existed still resume)."""
+    out = tmp_path / "out"
+    args = ["sweep", "--model", str(tiny_model_dir), "--prompt", PROMPT, "--negative-prompt", NEG, "--starts", "0",
+            "--seeds", "0", "--steps", "2", "--out", str(out), "--no-progress"]
+    assert main([*args, "--dtype", "bfloat16"]) == 0
+    settings = json.loads((out / "results.json").read_text())["settings"]
+    assert settings["dtype"] == "bfloat16" and "device" not in settings
+    capsys.readouterr()
+    assert main(args) == 2
+    assert "dtype" in capsys.readouterr().err
+    assert main([*args, "--dtype", "bfloat16", "--device", "cpu"]) == 0  # the same settings resume
+    plain = tmp_path / "plain"
+    assert main([*args[:-3], "--out", str(plain), "--no-progress"]) == 0
+    assert not {"dtype", "device"} & set(json.loads((plain / "results.json").read_text())["settings"])
