@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The checks that need a GPU, in one go (CI has none): the test files built on the shared tiny
 # pipelines run with those pipelines on CUDA (float32, then the bit-exact stock comparisons in
-# float16; the tests that compare a command-line run with a CPU pipeline are left out), the command line on CUDA with its defaults (--device auto --dtype auto), and
-# bench_generate on an SD 1.5-shaped pipeline in float16 at 512x512.
+# float16; the tests that compare a command-line run with a CPU pipeline are left out), every verb
+# of the command line on CUDA with its defaults (--device auto --dtype auto), and bench_generate on
+# an SD 1.5-shaped pipeline in float16 at 512x512. Figures of a run: benchmarks/README.md.
 #   OUT=/tmp/gpu bash benchmarks/gpu_check.sh      # logs and the benchmark's JSON under $OUT
 # Needs torch with CUDA, and the project importable (PYTHONPATH=src or installed). The pictures and
 # experiment folders go to $WORK (default $OUT/work).
