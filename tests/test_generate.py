@@ -188,6 +188,7 @@ def test_returns_the_pipelines_own_output_type(tiny_sd):
         (dict(num_inference_steps=0), "num_inference_steps"),
         (dict(guidance_scale=1.0), "guidance_scale"),
         (dict(not_an_argument=1), "not_an_argument"),
+        (dict(negative_start=2, cfg_off=True, ip_adapter_image_embeds=[torch.zeros(1, 1, 8)]), "cfg_off"),
     ],
 )
 def test_bad_input_names_the_argument(tiny_sd, kwargs, argument):

@@ -287,6 +287,9 @@ def generate(
     require_cfg(guidance_scale)
     if cfg_off and any(kwargs.get(n) is not None for n in ("negative_original_size", "negative_target_size")):
         raise InputError("cfg_off", cfg_off, "cannot be combined with negative size conditioning")
+    if cfg_off and any(kwargs.get(n) is not None for n in ("ip_adapter_image", "ip_adapter_image_embeds")):
+        # The pipeline prepares the image embeddings for CFG on or off once, before its loop.
+        raise InputError("cfg_off", cfg_off, "cannot be combined with an IP-Adapter image")
     if cfg_off and _pag_scale(pipe, kwargs) > 0:
         # PAG picks its attention processors for CFG on or off once, at the start of the call.
         raise InputError("cfg_off", cfg_off, "cannot be combined with perturbed-attention guidance (pag_scale > 0)")
