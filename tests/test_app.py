@@ -501,6 +501,8 @@ def test_models_load_on_the_device_and_dtype_served(pipe, models_dir, monkeypatc
     ui = UI(ServeConfig(models_dir=models_dir, device="cpu", dtype="float32"), default_pipe=pipe)
     ui.generate(*core(model="tiny"), False)
     assert seen == {"model": str((models_dir / "tiny").resolve()), "device": "cpu", "torch_dtype": "float32"}
+    assert ui.runs_on() == "cpu, float32"
+    assert UI(ServeConfig(), default_pipe=pipe).runs_on() == "cpu, as stored"  # auto, where the tests hide any GPU
 
 
 @pytest.mark.parametrize(

@@ -451,6 +451,14 @@ class UI:
             return "the tiny random-weight pipeline (the toy-world weights are not installed: it draws noise)"
         return "the toy shapes-world model"
 
+    def runs_on(self) -> str:
+        """Where the served models run, for the page's header: "cuda, float16", "cpu, as stored"."""
+        from .devices import resolve_device, resolve_dtype
+
+        device = resolve_device(self.config.device) or "cpu"
+        dtype = resolve_dtype(self.config.dtype, device, argument="dtype")
+        return f"{device}, {'as stored' if dtype is None else str(dtype).removeprefix('torch.')}"
+
     def _keep(self, name: str, pipe) -> None:
         pipe.set_progress_bar_config(disable=True)
         self._pipes[name] = (pipe, copy.deepcopy(pipe.scheduler))
@@ -852,7 +860,8 @@ def build_app(ui: UI):
     with gr.Blocks(title="negschedule", analytics_enabled=False) as demo:
         gr.Markdown(
             "# negschedule\nWhen should a negative prompt act? Steps `0..k-1` use the empty prompt, "
-            f"steps `k..N-1` the negative (arXiv:2406.02965). Embedded default: {ui.default_model_description()}."
+            f"steps `k..N-1` the negative (arXiv:2406.02965). Embedded default: {ui.default_model_description()}. "
+            f"Models run on: {ui.runs_on()}."
         )
         with gr.Row():
             model = gr.Dropdown(ui.model_choices(), value=DEFAULT_MODEL, label="model", elem_id="ns-model")
