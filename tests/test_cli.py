@@ -32,6 +32,7 @@ def test_generate_writes_png_with_a1111_parameters(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == str(out)
     assert "4/4" in proc.stderr  # the pipeline's progress bar, on stderr
+    assert "StableDiffusionPipeline on cpu, float32" in proc.stderr  # where it ran (the tests hide any GPU)
     params = Image.open(out).text["parameters"]
     lines = params.splitlines()
     assert lines[0] == "girl eating pizza"
