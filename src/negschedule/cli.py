@@ -381,9 +381,14 @@ def _load(s: RunSettings):
         encoders = [e for e in (getattr(pipe, "text_encoder", None), getattr(pipe, "text_encoder_2", None)) if e is not None]
         _check_clip_skip(s.clip_skip, min(e.config.num_hidden_layers for e in encoders))
     pipe.set_progress_bar_config(disable=False, leave=True, file=sys.stderr)
-    # Whether the GPU is used is the first thing a user wonders about; stdout stays the output path.
-    print(f"negschedule: {type(pipe).__name__} on {pipe.device}, {str(pipe.unet.dtype).removeprefix('torch.')}", file=sys.stderr)
+    announce(pipe)
     return pipe
+
+
+def announce(pipe) -> None:
+    """Say on stderr what runs where: whether the GPU is used is the first thing a user wonders about
+    (stdout stays the output path)."""
+    print(f"negschedule: {type(pipe).__name__} on {pipe.device}, {str(pipe.unet.dtype).removeprefix('torch.')}", file=sys.stderr)
 
 
 def _generate(pipe, s: RunSettings, **timing: Any):

@@ -96,7 +96,7 @@ def add_sweep_flags(p: argparse.ArgumentParser) -> None:
 
 def load_model(args: argparse.Namespace):
     from .. import load_pipeline
-    from ..cli import device_dtype
+    from ..cli import announce, device_dtype
     from .sweep import _shard
 
     state = _shard()[2]
@@ -105,6 +105,7 @@ def load_model(args: argparse.Namespace):
     pipe = load_pipeline(args.model, scheduler=args.scheduler, config=args.config,
                          textual_inversions=args.textual_inversion, loras=args.lora, device=device, torch_dtype=device_dtype(args))
     pipe.set_progress_bar_config(disable=True)
+    announce(pipe)
     return pipe
 
 
