@@ -433,7 +433,7 @@ class WeightedNegativeScheduleCallback(NegativeScheduleCallback):
         return out
 
     def _switch(self, pipeline, old: NegativeKey, new: NegativeKey, kw: dict[str, Any]) -> None:
-        # The parent takes the positive half from kw: hand it the positive padded for the new negative.
+        # The parent keeps the blocks after the negative from kw: hand it the positive padded for the new negative.
         positive = self.conditioning.positive(new).to(kw["prompt_embeds"])
         kw["prompt_embeds"] = torch.cat([positive] * self.blocks(pipeline, old))
         super()._switch(pipeline, old, new, kw)
