@@ -587,3 +587,48 @@ def test_other_families_are_refused_not_half_swapped(family):
     pipe = cls(**{**parts, "scheduler": FlowMatchEulerDiscreteScheduler()})  # no weights: the refusal needs none
     with pytest.raises(InputError, match=f"pipe='{family}'"):
         generate(pipe, prompt=PROMPT, negative_prompt=NEG, negative_start=2, num_inference_steps=N)
+
+
+def _tiny_ip_adapter(unet, embed_dim: int = 16, seed: int = 0) -> dict:
+    """An IP-Adapter state dict in the original layout for ``unet`` (what ``load_ip_adapter`` reads from a
+    file): the image projection, and ``to_k_ip`` / ``to_v_ip`` for each cross-attention layer, keyed 1, 3, 5, ..."""
+    g = torch.Generator().manual_seed(seed)
+    cross = unet.config.cross_attention_dim
+    projection = {"proj.weight": torch.randn(cross * 4, embed_dim, generator=g) * 0.1, "proj.bias": torch.zeros(cross * 4),
+                  "norm.weight": torch.ones(cross), "norm.bias": torch.zeros(cross)}
+    widths = unet.config.block_out_channels
+    layers, key = {}, 1
+    for name in unet.attn_processors:
+        if not name.endswith("attn2.processor"):
+            continue
+        if name.startswith("mid_block"):
+            hidden = widths[-1]
+        elif name.startswith("up_blocks"):
+            hidden = widths[::-1][int(name.split(".")[1])]
+        else:
+            hidden = widths[int(name.split(".")[1])]
+        layers[f"{key}.to_k_ip.weight"] = torch.randn(hidden, cross, generator=g) * 0.1
+        layers[f"{key}.to_v_ip.weight"] = torch.randn(hidden, cross, generator=g) * 0.1
+        key += 2
+    return {"image_proj": projection, "ip_adapter": layers}
+
+
+def test_ip_adapter_image_embeddings_stay_while_the_negative_is_timed():
+    """The IP-Adapter's image embeddings ([negative image; image]) are prepared once, apart from the text:
+    the timed negative swaps the text alone, bit for bit as without the adapter."""
+    from negschedule.tiny import build_tiny_sd
+
+    pipe = build_tiny_sd(seed=0)  # its own: loading an adapter changes the UNet's attention processors
+    pipe.unet._load_ip_adapter_weights([_tiny_ip_adapter(pipe.unet)])
+    embeds = torch.randn(2, 1, 16, generator=torch.Generator().manual_seed(3))
+    run = dict(prompt=PROMPT, ip_adapter_image_embeds=[embeds])
+    expected_neg, _ = latents_of(stock, pipe, negative_prompt=NEG, **run)
+    expected_none, ref_steps = latents_of(stock, pipe, **run)
+    assert torch.equal(latents_of(generate, pipe, negative_prompt=NEG, negative_start=0, **run)[0], expected_neg)
+    assert torch.equal(latents_of(generate, pipe, negative_prompt=NEG, negative_start=N, **run)[0], expected_none)
+    got, steps = latents_of(generate, pipe, negative_prompt=NEG, negative_start=3, **run)
+    assert all(torch.equal(steps[s], ref_steps[s]) for s in range(3)) and not torch.equal(steps[3], ref_steps[3])
+    pipe.set_ip_adapter_scale(0.0)  # the adapter acts: at scale 0 the same call differs
+    assert not torch.equal(latents_of(stock, pipe, **run)[0], expected_none)
+    with pytest.raises(InputError, match="ip_adapter_image_embeds"):  # the engine's rules do not carry it
+        generate(pipe, negative_prompt=NEG, guidance="perp_neg", generator=torch.Generator().manual_seed(0), **run)
