@@ -632,3 +632,12 @@ def test_ip_adapter_image_embeddings_stay_while_the_negative_is_timed():
     assert not torch.equal(latents_of(stock, pipe, **run)[0], expected_none)
     with pytest.raises(InputError, match="ip_adapter_image_embeds"):  # the engine's rules do not carry it
         generate(pipe, negative_prompt=NEG, guidance="perp_neg", generator=torch.Generator().manual_seed(0), **run)
+
+
+def test_instruct_pix2pix_is_refused(tiny_sd):
+    """InstructPix2Pix stacks [prompt; negative; negative] and has no encode_prompt: refused, not mis-swapped."""
+    from diffusers import StableDiffusionInstructPix2PixPipeline
+
+    pipe = StableDiffusionInstructPix2PixPipeline(**tiny_sd.components)  # refused before its UNet is used
+    with pytest.raises(InputError, match="encode_prompt"):
+        generate(pipe, prompt=PROMPT, image=torch.rand(1, 3, 32, 32), negative_prompt=NEG, negative_start=2, num_inference_steps=N)

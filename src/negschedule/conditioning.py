@@ -50,9 +50,11 @@ def check_family(pipe) -> None:
     Flux (a transformer, pooled or T5 embeddings elsewhere) would get a half-swapped negative: refused.
     """
     name = type(pipe).__name__
-    if getattr(pipe, "unet", None) is None or not hasattr(pipe, "encode_prompt"):
+    if getattr(pipe, "unet", None) is None:
         raise InputError("pipe", name, "negschedule times negatives on Stable Diffusion 1.x/2.x and SDXL pipelines "
                                        "(a UNet on CLIP text encodings)")
+    if not hasattr(pipe, "encode_prompt"):  # InstructPix2Pix and older pipelines lay their batch out otherwise
+        raise InputError("pipe", name, "has no encode_prompt: its conditioning is not laid out as SD's and SDXL's")
     if getattr(pipe, "text_encoder_2", None) is not None and not is_sdxl(pipe):
         raise InputError("pipe", name, "has a second text encoder but not SDXL's pooled conditioning (add_text_embeds)")
 
