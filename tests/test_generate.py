@@ -365,6 +365,14 @@ def _image_to_image(kind, tiny_sd, tiny_sdxl):
     mask[..., 8:24, 8:24] = 1
     if kind == "sdxl_img2img":
         pipe, extra = StableDiffusionXLImg2ImgPipeline(**tiny_sdxl.components), {}
+    elif kind == "sd_depth2img":
+        from diffusers import StableDiffusionDepth2ImgPipeline, UNet2DConditionModel
+
+        torch.manual_seed(0)  # SD 2's depth model: a UNet that also reads the depth map (5 input channels)
+        unet = UNet2DConditionModel.from_config({**tiny_sd.unet.config, "in_channels": 5}).eval()
+        parts = {k: v for k, v in tiny_sd.components.items() if k in ("vae", "text_encoder", "tokenizer", "scheduler")}
+        pipe = StableDiffusionDepth2ImgPipeline(unet=unet, depth_estimator=None, feature_extractor=None, **parts)
+        extra = {"depth_map": torch.rand(1, 32, 32, generator=torch.Generator().manual_seed(1))}
     elif kind == "sd_inpaint":
         pipe, extra = StableDiffusionInpaintPipeline(**tiny_sd.components), {"mask_image": mask}
     else:
@@ -374,7 +382,7 @@ def _image_to_image(kind, tiny_sd, tiny_sdxl):
     return pipe, dict(prompt=PROMPT, image=image, strength=I2I_STRENGTH, num_inference_steps=I2I_N, **extra)
 
 
-@pytest.mark.parametrize("kind", ["sd_img2img", "sd_img2img_heun", "sd_inpaint", "sdxl_img2img"])
+@pytest.mark.parametrize("kind", ["sd_img2img", "sd_img2img_heun", "sd_inpaint", "sdxl_img2img", "sd_depth2img"])
 def test_image_to_image_counts_the_steps_it_runs_from_zero(tiny_sd, tiny_sdxl, kind):
     pipe, run = _image_to_image(kind, tiny_sd, tiny_sdxl)
     expected_neg, _ = latents_of(stock, pipe, negative_prompt=NEG, **run)
