@@ -649,3 +649,51 @@ def test_instruct_pix2pix_is_refused(tiny_sd):
     pipe = StableDiffusionInstructPix2PixPipeline(**tiny_sd.components)  # refused before its UNet is used
     with pytest.raises(InputError, match="encode_prompt"):
         generate(pipe, prompt=PROMPT, image=torch.rand(1, 3, 32, 32), negative_prompt=NEG, negative_start=2, num_inference_steps=N)
+
+
+@pytest.mark.parametrize("negative", [NEG, "(blue:1.3) hat"])  # the stock encoder, and A1111 weights (our encoder)
+def test_animatediff_repeats_the_timed_negative_per_frame(negative):
+    """AnimateDiff repeats every row of [negative; positive] once per frame: the swapped negative is
+    repeated the same way, bit for bit as the stock pipeline's."""
+    from diffusers import AnimateDiffPipeline, MotionAdapter, UNetMotionModel
+
+    from negschedule.tiny import build_tiny_sd
+
+    from .conftest import StepRecorder
+
+    base = build_tiny_sd(seed=0)
+    torch.manual_seed(0)
+    adapter = MotionAdapter(block_out_channels=(32, 64), motion_layers_per_block=1, motion_norm_num_groups=8,
+                            motion_num_attention_heads=2, motion_max_seq_length=8)
+    parts = {k: v for k, v in base.components.items() if k in ("vae", "text_encoder", "tokenizer", "scheduler")}
+    pipe = AnimateDiffPipeline(unet=UNetMotionModel.from_unet2d(base.unet, adapter), motion_adapter=adapter, **parts)
+    pipe.set_progress_bar_config(disable=True)
+
+    def frames_of(fn, **kwargs):
+        recorder = StepRecorder()
+        out = fn(pipe, prompt=PROMPT, num_frames=4, height=32, width=32, num_inference_steps=N, output_type="latent",
+                 generator=torch.Generator().manual_seed(1), callback_on_step_end=recorder,
+                 callback_on_step_end_tensor_inputs=["latents"], **kwargs)
+        return out.frames, recorder.latents
+
+    expected_none, ref_steps = frames_of(stock)
+    if negative == NEG:
+        assert torch.equal(frames_of(generate, negative_prompt=NEG, negative_start=0)[0], frames_of(stock, negative_prompt=NEG)[0])
+    assert torch.equal(frames_of(generate, negative_prompt=negative, negative_start=N)[0], expected_none)
+    got, steps = frames_of(generate, negative_prompt=negative, negative_start=3)
+    assert all(torch.equal(steps[s], ref_steps[s]) for s in range(3)) and not torch.equal(steps[3], ref_steps[3])
+    if negative == NEG:
+        # A hand-timed reference: the stock pipeline's own [negative; positive] (per frame), swapped in
+        # by a plain callback after pass 2.
+        held = {}
+
+        def grab(p, i, t, kw):
+            held.setdefault("embeds", kw["prompt_embeds"].clone())
+            return {}
+
+        call = dict(prompt=PROMPT, num_frames=4, height=32, width=32, num_inference_steps=N, output_type="latent",
+                    callback_on_step_end_tensor_inputs=["prompt_embeds"])
+        pipe(negative_prompt=NEG, generator=torch.Generator().manual_seed(1), callback_on_step_end=grab, **call)
+        swap = lambda p, i, t, kw: {"prompt_embeds": held["embeds"]} if i == 2 else {}  # noqa: E731
+        out = pipe(generator=torch.Generator().manual_seed(1), callback_on_step_end=swap, **call)
+        assert torch.equal(got, out.frames)

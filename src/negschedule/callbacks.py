@@ -174,16 +174,19 @@ class NegativeScheduleCallback(PipelineCallback):
             kw.update(rest)
             return
         positive = rest["prompt_embeds"][:rows]
+        # Each prompt's rows are consecutive: its images (num_images_per_prompt), and for AnimateDiff,
+        # which repeats every row once per frame, its frames.
+        per_prompt = rows // len(new)
         if self._encoder.positive is None:
-            # One row per prompt: the pipeline repeats each prompt num_images_per_prompt times in a row.
-            n = self._encoder.num_images_per_prompt
             self._encoder.device = positive.device
-            self._encoder.positive = NegativeEmbeds(positive[::n], rest["add_text_embeds"][:rows][::n] if sdxl else None)
-        negative = self._encoder(new)
+            self._encoder.positive = NegativeEmbeds(positive[::per_prompt], rest["add_text_embeds"][:rows][::per_prompt] if sdxl else None)
+        negative = self._encoder(new)  # a row per image; repeated below to the pipeline's rows (frames)
+        frames = rows // negative.prompt_embeds.shape[0]
         pipeline._guidance_scale = self.guidance_scale
-        kw["prompt_embeds"] = torch.cat([negative.prompt_embeds.to(positive), rest["prompt_embeds"]])
+        kw["prompt_embeds"] = torch.cat([negative.prompt_embeds.to(positive).repeat_interleave(frames, dim=0), rest["prompt_embeds"]])
         if sdxl:
-            kw["add_text_embeds"] = torch.cat([negative.pooled_prompt_embeds.to(rest["add_text_embeds"]), rest["add_text_embeds"]])
+            pooled = negative.pooled_prompt_embeds.to(rest["add_text_embeds"]).repeat_interleave(frames, dim=0)
+            kw["add_text_embeds"] = torch.cat([pooled, rest["add_text_embeds"]])
             if not was_cfg:
                 # Without negative size conditioning the pipeline uses the positive time ids for both halves.
                 kw["add_time_ids"] = torch.cat([rest["add_time_ids"][:rows], rest["add_time_ids"]])

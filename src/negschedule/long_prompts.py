@@ -435,5 +435,7 @@ class WeightedNegativeScheduleCallback(NegativeScheduleCallback):
     def _switch(self, pipeline, old: NegativeKey, new: NegativeKey, kw: dict[str, Any]) -> None:
         # The parent keeps the blocks after the negative from kw: hand it the positive padded for the new negative.
         positive = self.conditioning.positive(new).to(kw["prompt_embeds"])
-        kw["prompt_embeds"] = torch.cat([positive] * self.blocks(pipeline, old))
+        blocks = self.blocks(pipeline, old)
+        frames = kw["prompt_embeds"].shape[0] // blocks // positive.shape[0]  # AnimateDiff: a row per frame
+        kw["prompt_embeds"] = torch.cat([positive.repeat_interleave(frames, dim=0)] * blocks)
         super()._switch(pipeline, old, new, kw)
