@@ -492,6 +492,20 @@ def test_sdxl_refiner_with_denoising_start_counts_from_its_first_step(tiny_sd, t
     assert torch.equal(steps[0], ref_steps[0]) and not torch.equal(steps[1], ref_steps[1])
 
 
+def assert_timed_like_stock(pipe, run: dict, negative: str = NEG, k: int = 3):
+    """The core's rules on another pipeline: start 0 is the stock call with the negative (for a text the
+    stock encoder reads), start N the stock call without one, and a start at k leaves the first k
+    steps untouched and changes step k. Returns the stock call's final and per-step latents."""
+    expected_none, ref_steps = latents_of(stock, pipe, **run)
+    if negative == NEG:
+        assert torch.equal(latents_of(generate, pipe, negative_prompt=NEG, negative_start=0, **run)[0],
+                           latents_of(stock, pipe, negative_prompt=NEG, **run)[0])
+    assert torch.equal(latents_of(generate, pipe, negative_prompt=negative, negative_start=N, **run)[0], expected_none)
+    _, steps = latents_of(generate, pipe, negative_prompt=negative, negative_start=k, **run)
+    assert all(torch.equal(steps[s], ref_steps[s]) for s in range(k)) and not torch.equal(steps[k], ref_steps[k])
+    return expected_none, ref_steps
+
+
 def _controlnet(kind, tiny_sd, tiny_sdxl):
     """The tiny pipeline's parts with a ControlNet made from its UNet (diffusers' ``from_unet``), and a control picture."""
     from diffusers import ControlNetModel, StableDiffusionControlNetPipeline, StableDiffusionXLControlNetPipeline
@@ -515,12 +529,7 @@ def test_controlnet_pipelines_time_the_negative_as_text_to_image(tiny_sd, tiny_s
     """A ControlNet pipeline runs the same loop with one more network: the timed negative acts on it
     bit for bit as on the text-to-image pipeline (the engine's rules refuse it: they call the UNet alone)."""
     pipe, run = _controlnet(kind, tiny_sd, tiny_sdxl)
-    expected_neg, _ = latents_of(stock, pipe, negative_prompt=NEG, **run)
-    expected_none, ref_steps = latents_of(stock, pipe, **run)
-    assert torch.equal(latents_of(generate, pipe, negative_prompt=NEG, negative_start=0, **run)[0], expected_neg)
-    assert torch.equal(latents_of(generate, pipe, negative_prompt=NEG, negative_start=N, **run)[0], expected_none)
-    got, steps = latents_of(generate, pipe, negative_prompt=NEG, negative_start=3, **run)
-    assert all(torch.equal(steps[s], ref_steps[s]) for s in range(3)) and not torch.equal(steps[3], ref_steps[3])
+    _, ref_steps = assert_timed_like_stock(pipe, run)
     # The control acts: the plain pipeline on the same parts and scheduler differs from step 0 on.
     plain = tiny_sdxl if kind == "sdxl" else tiny_sd
     set_scheduler(plain, "euler" if kind == "sdxl" else "dpmpp_2m")
@@ -547,13 +556,7 @@ def _pag(kind, tiny_sd, tiny_sdxl):
 def test_pag_pipelines_time_the_negative(tiny_sd, tiny_sdxl, kind, negative):
     """PAG stacks [negative; positive; positive] (the last for the perturbed pass): only the negative block is swapped."""
     pipe, run = _pag(kind, tiny_sd, tiny_sdxl)
-    expected_none, ref_steps = latents_of(stock, pipe, **run)
-    if negative == NEG:
-        expected_neg, _ = latents_of(stock, pipe, negative_prompt=NEG, **run)
-        assert torch.equal(latents_of(generate, pipe, negative_prompt=NEG, negative_start=0, **run)[0], expected_neg)
-    assert torch.equal(latents_of(generate, pipe, negative_prompt=negative, negative_start=N, **run)[0], expected_none)
-    got, steps = latents_of(generate, pipe, negative_prompt=negative, negative_start=3, **run)
-    assert all(torch.equal(steps[s], ref_steps[s]) for s in range(3)) and not torch.equal(steps[3], ref_steps[3])
+    expected_none, _ = assert_timed_like_stock(pipe, run, negative)
     # PAG acts: without it the same call gives other latents.
     assert not torch.equal(latents_of(stock, pipe, **{**run, "pag_scale": 0.0})[0], expected_none)
     with pytest.raises(InputError, match="cfg_off"):
@@ -630,12 +633,7 @@ def test_ip_adapter_image_embeddings_stay_while_the_negative_is_timed():
     pipe.unet._load_ip_adapter_weights([_tiny_ip_adapter(pipe.unet)])
     embeds = torch.randn(2, 1, 16, generator=torch.Generator().manual_seed(3))
     run = dict(prompt=PROMPT, ip_adapter_image_embeds=[embeds])
-    expected_neg, _ = latents_of(stock, pipe, negative_prompt=NEG, **run)
-    expected_none, ref_steps = latents_of(stock, pipe, **run)
-    assert torch.equal(latents_of(generate, pipe, negative_prompt=NEG, negative_start=0, **run)[0], expected_neg)
-    assert torch.equal(latents_of(generate, pipe, negative_prompt=NEG, negative_start=N, **run)[0], expected_none)
-    got, steps = latents_of(generate, pipe, negative_prompt=NEG, negative_start=3, **run)
-    assert all(torch.equal(steps[s], ref_steps[s]) for s in range(3)) and not torch.equal(steps[3], ref_steps[3])
+    expected_none, _ = assert_timed_like_stock(pipe, run)
     pipe.set_ip_adapter_scale(0.0)  # the adapter acts: at scale 0 the same call differs
     assert not torch.equal(latents_of(stock, pipe, **run)[0], expected_none)
     with pytest.raises(InputError, match="ip_adapter_image_embeds"):  # the engine's rules do not carry it
