@@ -195,14 +195,6 @@ def _needs_engine(guidance, negative_start) -> bool:
     return Guidance.of(guidance).rule not in (GuidanceRule.CFG, GuidanceRule.TIMED)
 
 
-def _pag_scale(pipe, kwargs: dict[str, Any]) -> float:
-    """The call's perturbed-attention guidance scale: 0 on pipelines without PAG, else ``pag_scale`` or its default."""
-    params = inspect.signature(type(pipe).__call__).parameters
-    if "pag_scale" not in params:
-        return 0.0
-    return float(kwargs.get("pag_scale", params["pag_scale"].default))
-
-
 def generate(
     pipe,
     *,
@@ -290,7 +282,7 @@ def generate(
     if cfg_off and any(kwargs.get(n) is not None for n in ("ip_adapter_image", "ip_adapter_image_embeds")):
         # The pipeline prepares the image embeddings for CFG on or off once, before its loop.
         raise InputError("cfg_off", cfg_off, "cannot be combined with an IP-Adapter image")
-    if cfg_off and _pag_scale(pipe, kwargs) > 0:
+    if cfg_off and float(kwargs.get("pag_scale", defaults.get("pag_scale", 0.0))) > 0:  # 0: a pipeline without PAG
         # PAG picks its attention processors for CFG on or off once, at the start of the call.
         raise InputError("cfg_off", cfg_off, "cannot be combined with perturbed-attention guidance (pag_scale > 0)")
 
@@ -319,7 +311,7 @@ def generate(
 
         callback = WeightedNegativeScheduleCallback(step_keys, weighted, guidance_scale, cfg_off=cfg_off).bind(pipe)
 
-    if "callback_on_step_end" not in inspect.signature(type(pipe).__call__).parameters:
+    if "callback_on_step_end" not in defaults:
         # Older community-style pipelines (SAG, Attend-and-Excite, GLIGEN, ...) offer no per-step hook.
         if any(key != step_keys[0] for key in step_keys):
             raise InputError("pipe", type(pipe).__name__, "has no callback_on_step_end, so a negative cannot be timed "
