@@ -17,7 +17,7 @@ def test_auto_is_the_cpu_without_a_gpu():
     assert resolve_device(None) is None and resolve_device("cpu") == "cpu"
 
 
-@pytest.mark.parametrize("device", ["cuda", "cuda:0", "gpu", "cpu:x", ""])
+@pytest.mark.parametrize("device", ["cuda", "cuda:0", "gpu", "cpu:x", "", "xpu:3", "meta"])
 def test_unusable_devices_are_refused_naming_the_argument(device):
     with pytest.raises(InputError) as err:
         resolve_device(device, argument="device")

@@ -29,15 +29,21 @@ def resolve_device(device: str | None, argument: str = "device") -> str | None:
         parsed = torch.device(device)
     except (RuntimeError, ValueError, TypeError):
         raise InputError(argument, device, "not a torch device (auto, cpu, cuda, cuda:1, mps)") from None
-    if parsed.type == "cuda":
-        if not torch.cuda.is_available():
-            raise InputError(argument, device, f"this torch ({torch.__version__}) sees no CUDA GPU")
-        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
-            raise InputError(argument, device, f"there are {torch.cuda.device_count()} CUDA GPU(s), numbered from 0")
-    elif parsed.type == "mps":
+    if parsed.type == "cpu":
+        return str(parsed)
+    if parsed.type == "mps":
         mps = getattr(torch.backends, "mps", None)
         if mps is None or not mps.is_available():
             raise InputError(argument, device, "MPS is not available on this machine")
+        return str(parsed)
+    # CUDA, and any other accelerator torch has a module for (xpu, ...): there, and with that index.
+    backend = getattr(torch, parsed.type, None)
+    if backend is None or not callable(getattr(backend, "is_available", None)) or not backend.is_available():
+        name = "CUDA GPU" if parsed.type == "cuda" else f"{parsed.type} device"
+        raise InputError(argument, device, f"this torch ({torch.__version__}) sees no {name}")
+    count = backend.device_count() if callable(getattr(backend, "device_count", None)) else 1
+    if parsed.index is not None and parsed.index >= count:
+        raise InputError(argument, device, f"there are {count} {parsed.type} device(s), numbered from 0")
     return str(parsed)
 
 
