@@ -370,6 +370,7 @@ def _image_to_image(kind, tiny_sd, tiny_sdxl):
 
         torch.manual_seed(0)  # SD 2's depth model: a UNet that also reads the depth map (5 input channels)
         unet = UNet2DConditionModel.from_config({**tiny_sd.unet.config, "in_channels": 5}).eval()
+        unet.to(tiny_sd.device, tiny_sd.unet.dtype)  # where the shared pipeline runs (a GPU in gpu_check.sh)
         parts = {k: v for k, v in tiny_sd.components.items() if k in ("vae", "text_encoder", "tokenizer", "scheduler")}
         pipe = StableDiffusionDepth2ImgPipeline(unet=unet, depth_estimator=None, feature_extractor=None, **parts)
         extra = {"depth_map": torch.rand(1, 32, 32, generator=torch.Generator().manual_seed(1))}

@@ -40,6 +40,8 @@ class TrainConfig:
     n_scenes: int = 30000  # fixed data set: scene seeds 0..n_scenes-1 (held-out captions use other seeds)
     threads: int = 2  # torch CPU threads: 2.4 UNet steps/s on a quiet 2-core machine vs 1.4 with 1; but 2 threads
     # collapse (to ~0.8 steps/s) while another process holds a core: keep the machine quiet, or pass --threads 1
+    device: str = "cpu"  # where the models train ("cuda", "auto", ...): the recipe is the CPU's; random draws stay on
+    # CPU generators, so a GPU run sees the same batches, captions and noise (its rounding, hence its weights, differ)
     # VAE: 32x32x3 pictures <-> 4x16x16 latents
     vae_channels: tuple[int, ...] = (16, 32)  # two levels (one 2x downsampling); wider was 4x slower for flat shapes
     vae_steps: int = 2000  # about 8 minutes on one core
@@ -183,7 +185,7 @@ def _to_unit(x: torch.Tensor) -> torch.Tensor:
 def psnr(vae, images: torch.Tensor) -> float:
     """PSNR (dB, 8-bit scale) of the VAE's reconstructions of uint8 ``images`` (posterior mean)."""
     with torch.no_grad():
-        x = _to_unit(images)
+        x = _to_unit(images).to(vae.device)
         rec = vae.decode(vae.encode(x).latent_dist.mean).sample.clamp(-1, 1)
     mse = F.mse_loss((rec + 1) * 127.5, (x + 1) * 127.5).item()
     return 10 * math.log10(255**2 / max(mse, 1e-10))
@@ -191,12 +193,13 @@ def psnr(vae, images: torch.Tensor) -> float:
 
 def train_vae(cfg: TrainConfig, data: torch.Tensor):
     path = Path(cfg.out) / "vae.pt"
-    vae = build_vae(cfg)
+    device = _device(cfg)
+    vae = build_vae(cfg).to(device)
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
     gen = torch.Generator().manual_seed(cfg.seed)
     step = 0
     if path.exists():
-        state = torch.load(path, weights_only=False)
+        state = torch.load(path, weights_only=False, map_location=device)
         vae.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
         gen.set_state(state["gen"])
@@ -206,9 +209,9 @@ def train_vae(cfg: TrainConfig, data: torch.Tensor):
         for group in opt.param_groups:
             group["lr"] = cfg.vae_lr * _lr_factor(step, cfg.vae_steps, min(100, cfg.vae_steps))
         idx = torch.randint(0, len(data), (cfg.vae_batch,), generator=gen)
-        x = _to_unit(data[idx])
+        x = _to_unit(data[idx]).to(device)
         posterior = vae.encode(x).latent_dist
-        rec = vae.decode(posterior.sample(generator=gen)).sample
+        rec = vae.decode(posterior.sample(generator=gen)).sample  # diffusers draws on the CPU generator, then moves
         loss = F.mse_loss(rec, x) + cfg.vae_kl_weight * posterior.kl().mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -232,7 +235,8 @@ def _latents(cfg: TrainConfig, vae, data: torch.Tensor) -> torch.Tensor:
         vae.register_to_config(scaling_factor=cached["scaling_factor"])
         return cached["latents"]
     with torch.no_grad():
-        means = torch.cat([vae.encode(_to_unit(data[i : i + 512])).latent_dist.mean for i in range(0, len(data), 512)])
+        means = torch.cat([vae.encode(_to_unit(data[i : i + 512]).to(vae.device)).latent_dist.mean
+                           for i in range(0, len(data), 512)]).cpu()  # batches are drawn on the CPU
     scaling = float(1.0 / means.std())  # unit-variance latents, as SD's 0.18215 does for its VAE
     vae.register_to_config(scaling_factor=scaling)
     latents = means * scaling
@@ -241,6 +245,12 @@ def _latents(cfg: TrainConfig, vae, data: torch.Tensor) -> torch.Tensor:
     _log(cfg, f"latents cached: {tuple(latents.shape)}, {figures}")
     _update_figures(cfg, figures)
     return latents
+
+
+def _device(cfg: TrainConfig) -> torch.device:
+    from ..devices import resolve_device
+
+    return torch.device(resolve_device(cfg.device, argument="--device"))
 
 
 def _update_figures(cfg: TrainConfig, new: dict) -> None:
@@ -261,8 +271,9 @@ def train_unet(cfg: TrainConfig, latents: torch.Tensor, tokenizer):
     from diffusers import DDPMScheduler
 
     path = Path(cfg.out) / "unet.pt"
+    device = _device(cfg)
     torch.manual_seed(cfg.seed)
-    unet, text = build_unet(cfg), build_text_encoder(cfg, len(tokenizer))
+    unet, text = build_unet(cfg).to(device), build_text_encoder(cfg, len(tokenizer)).to(device)
     params = list(unet.parameters()) + list(text.parameters())
     ema = [p.detach().clone() for p in params]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -272,7 +283,7 @@ def train_unet(cfg: TrainConfig, latents: torch.Tensor, tokenizer):
     world = cfg.world_config
     step = 0
     if path.exists():
-        state = torch.load(path, weights_only=False)
+        state = torch.load(path, weights_only=False, map_location=device)
         unet.load_state_dict(state["unet"])
         text.load_state_dict(state["text"])
         for e, v in zip(ema, state["ema"]):
@@ -301,7 +312,8 @@ def train_unet(cfg: TrainConfig, latents: torch.Tensor, tokenizer):
         noise = torch.randn(x0.shape, generator=gen)
         noise += cfg.offset_noise * torch.randn(x0.shape[0], x0.shape[1], 1, 1, generator=gen)
         t = torch.randint(0, noise_schedule.config.num_train_timesteps, (cfg.batch,), generator=gen)
-        xt = noise_schedule.add_noise(x0, noise, t)
+        xt = noise_schedule.add_noise(x0, noise, t)  # on the CPU: the same draws wherever the models are
+        xt, noise, t, ids = xt.to(device), noise.to(device), t.to(device), ids.to(device)
         pred = unet(xt, t, encoder_hidden_states=text(ids).last_hidden_state).sample
         loss = F.mse_loss(pred, noise)
         opt.zero_grad(set_to_none=True)
@@ -340,7 +352,7 @@ def assemble(vae, text, tokenizer, unet):
 
 
 # Fields a resume may change: how a run goes, not what it computes, and the step counts (to train longer).
-_MAY_CHANGE_ON_RESUME = ("out", "threads", "checkpoint_every", "log_every", "export", "vae_steps", "unet_steps")
+_MAY_CHANGE_ON_RESUME = ("out", "threads", "device", "checkpoint_every", "log_every", "export", "vae_steps", "unet_steps")
 
 
 def check_resume(cfg: TrainConfig) -> None:
@@ -362,6 +374,7 @@ def check_resume(cfg: TrainConfig) -> None:
 def train(cfg: TrainConfig) -> Path:
     """Run (or resume) every phase; returns the folder of the saved pipeline."""
     cfg.world_config  # an unknown world is refused before anything is written
+    _device(cfg)  # and a device that is not there
     check_resume(cfg)
     torch.set_num_threads(cfg.threads)
     out = Path(cfg.out)
@@ -378,7 +391,7 @@ def train(cfg: TrainConfig) -> Path:
     t = time.time()
     unet, text = train_unet(cfg, latents, tokenizer)
     _update_figures(cfg, {"unet_phase_s_this_run": round(time.time() - t), "total_s_this_run": round(time.time() - start)})
-    pipe = assemble(vae, text, tokenizer, unet)
+    pipe = assemble(vae, text, tokenizer, unet).to("cpu")  # saved from the CPU wherever it trained
     target = out / "pipeline"
     pipe.save_pretrained(target, safe_serialization=True)
     if cfg.export:
