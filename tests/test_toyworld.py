@@ -114,6 +114,8 @@ def test_toy_command_rejects_bad_arguments(tmp_path):
     assert main(["toy", "train", "--out", str(tmp_path), "--unet-steps", "0"]) == 2
     assert main(["toy", "train", "--out", str(tmp_path / "w"), "--world", "nope"]) == 2
     assert not (tmp_path / "w").exists()
+    assert main(["toy", "train", "--out", str(tmp_path / "d"), "--device", "cuda:7"]) == 2  # no such GPU (the suite hides any)
+    assert not (tmp_path / "d").exists()
     assert main(["toy", "eval", "--out", str(tmp_path / "eval"), "--scheduler", "nope"]) == 2
     assert not (tmp_path / "eval").exists()
     with pytest.raises(SystemExit) as exit_info:
@@ -294,7 +296,7 @@ def test_training_uses_its_world_and_refuses_to_resume_with_another(tmp_path):
     assert all(np.array_equal(data[s].permute(1, 2, 0).numpy(), picture(s, WORLDS["alone-big"])) for s in range(40))
     assert not all(np.array_equal(data[s].permute(1, 2, 0).numpy(), picture(s, WORLDS[SHIPPED_WORLD])) for s in range(40))
     (tmp_path / "config.json").write_text(json.dumps(dataclasses.asdict(cfg)))
-    check_resume(dataclasses.replace(cfg, threads=1, unet_steps=10))  # how it runs, and training longer: allowed
+    check_resume(dataclasses.replace(cfg, threads=1, device="cuda", unet_steps=10))  # how and where it runs, and training longer: allowed
     with pytest.raises(InputError, match="--world='first'"):
         check_resume(dataclasses.replace(cfg, world="first"))
     with pytest.raises(InputError, match="--lr"):
