@@ -153,8 +153,9 @@ def test_start_menu_offers_every_auto_signal():
     from negschedule.auto import AutoStart
 
     values = [value for _, value in app.START_RULES]
-    assert values[0] == app.SLIDER_START and sorted({v.partition(":")[0] for v in values[1:]}) == sorted(s.value for s in Signal)
-    for value in values[1:]:  # every entry is a setting AutoStart takes
+    assert values[:2] == [app.SLIDER_START, "auto"]  # "auto": the default signal, the model's best rule
+    assert sorted({v.partition(":")[0] for v in values[2:]}) == sorted(s.value for s in Signal)
+    for value in values[2:]:  # every entry is a setting AutoStart takes
         signal, _, choice = value.partition(":")
         AutoStart(signal=signal, **({"choice": choice} if choice else {}))
     assert "rollout:verified" in values

@@ -559,3 +559,35 @@ def test_rollout_policy_replay_pools_like_the_sampler():
             assert single == _search_with(probes, latest, a, decide)[0]
             worst = max(worst, len(known[0]) * 3 + ((at - single + 1) * 2 if single <= at else 0))
         assert worst == rollout_extra_bound(probes, latest, 2, decide)  # the replayed cost reaches the bound, never more
+
+
+def test_default_auto_is_the_look_ahead_where_a_detector_reads_the_negative_else_attention(tiny_sd):
+    from negschedule import load_pipeline
+    from negschedule.auto import toy_detector_reads
+    from negschedule.toyworld.tokenizer import is_toyworld_tokenizer
+
+    toy = load_pipeline()
+    assert is_toyworld_tokenizer(toy.tokenizer) and not is_toyworld_tokenizer(tiny_sd.tokenizer)
+    assert toy_detector_reads(toy, "moon") and toy_detector_reads(toy, "blue square")
+    assert not toy_detector_reads(toy, "blurry")  # no word of the toy world: nothing to read
+    assert not toy_detector_reads(tiny_sd, "moon")  # the toy detector cannot judge another model's pictures
+    assert AutoStart().resolve(toy, "moon") == AutoStart(signal=Signal.ROLLOUT, per_prompt=True)
+    assert AutoStart(max_start=0.3).resolve(toy, "blurry") == AutoStart(signal=Signal.ATTENTION, max_start=0.3)
+    assert AutoStart().resolve(tiny_sd, NEG).signal is Signal.ATTENTION
+    assert AutoStart(detector=bool).resolve(tiny_sd, NEG).signal is Signal.ROLLOUT  # a detector passed: the look-ahead
+    assert AutoStart(signal="alignment").resolve(toy, "moon").signal is Signal.ALIGNMENT  # a signal named stays
+    assert AutoStart().cost_bound(20) == max(AutoStart(signal="attention").cost_bound(), AutoStart(signal="rollout").cost_bound(20))
+    with pytest.raises(InputError, match="not the default"):
+        AutoStart(choice="verified")  # a search rule only with the rollout named: the default may not be one
+
+    # "auto" runs as the rule it resolves to, bit for bit: the look-ahead shared by the seeds on the toy
+    # model, the attention rule on another.
+    kw = dict(prompt="night, a red square", num_inference_steps=10, output_type="latent")
+    got = sample_guided(toy, "cfg", [0, 1], negative_prompt="moon", negative_start="auto", **kw)
+    want = sample_guided(toy, "cfg", [0, 1], negative_prompt="moon", negative_start="auto",
+                         auto=AutoStart(signal=Signal.ROLLOUT, per_prompt=True), **kw)
+    assert got.starts == want.starts and got.starts[0] == got.starts[1]  # one start for the prompt's seeds
+    assert all(torch.equal(got.latents[s], want.latents[s]) for s in (0, 1))
+    got = sample_guided(tiny_sd, "cfg", [3], negative_prompt=NEG, negative_start="auto", **KW)
+    want = sample_guided(tiny_sd, "cfg", [3], negative_prompt=NEG, negative_start="auto", auto=AutoStart(signal=Signal.ATTENTION), **KW)
+    assert got.starts == want.starts and torch.equal(got.latents[3], want.latents[3])

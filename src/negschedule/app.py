@@ -52,7 +52,8 @@ MAX_STEPS = 150
 SLIDER_START = "slider"
 START_RULES = [
     ("step k (the slider)", SLIDER_START),
-    ("auto: negative's attention (default)", "attention"),
+    ("auto: the model's best rule (look-ahead on the toy world, else attention)", "auto"),
+    ("auto: negative's attention", "attention"),
     ("auto: guidance alignment", "alignment"),
     ("auto: toy detector on the x0 preview", "detector"),
     ("auto: toy detector, negative's x0", "negative_preview"),
@@ -174,7 +175,9 @@ class PageSettings:
 
     @property
     def auto_rule(self) -> str | None:
-        """What auto watches, as labels say it: "alignment", "rollout, verified"."""
+        """What auto watches, as labels say it: "alignment", "rollout, verified", "the model's best rule"."""
+        if self.auto_signal is None:
+            return "the model's best rule"
         return self.auto_signal if self.auto_choice is None else f"{self.auto_signal}, {self.auto_choice}"
 
     def chosen(self) -> "PageSettings":
@@ -213,6 +216,13 @@ class PageSettings:
         from .cli import _auto
 
         return _auto(self.run_settings())
+
+    def auto_settings(self, pipe):
+        """The ``AutoStart`` that "auto" runs as on ``pipe`` (its default signal made concrete)."""
+        from .auto import AutoStart
+
+        given = self.negative_start_argument()
+        return (given if isinstance(given, AutoStart) else AutoStart()).resolve(pipe, self.negative_prompt)
 
 
 def _pass_steps(pipe, steps: int) -> list[int]:
@@ -254,9 +264,10 @@ def page_settings(
 ) -> PageSettings:
     """Check the core options; an empty negative prompt means none (and the sliders are then ignored).
 
-    ``start_rule``: ``SLIDER_START`` (the start slider's step) or an ``auto.Signal`` value (the
-    start is decided while sampling, watching that signal; the slider is then ignored), optionally
-    followed by ":" and an ``AutoStart.choice`` ("rollout:verified").
+    ``start_rule``: ``SLIDER_START`` (the start slider's step), "auto" (the start is decided while
+    sampling by the model's best rule, ``AutoStart``'s default signal) or an ``auto.Signal`` value
+    (decided watching that signal; the slider is then ignored), optionally followed by ":" and an
+    ``AutoStart.choice`` ("rollout:verified").
     """
     from .schedulers import check_scheduler_name
 
@@ -286,7 +297,7 @@ def page_settings(
             start = _whole(negative_start, "negative_start", 0, steps_n)
         else:
             signal, _, choice = start_rule.partition(":")
-            start, choice = "auto", choice or None
+            start, signal, choice = "auto", None if signal == "auto" else signal, choice or None
             if cfg_off:
                 raise InputError("cfg_off", True, "the auto start keeps CFG on; untick 'CFG off' or use the slider's start")
         end = _whole(negative_end, "negative_end", 0, steps_n) if negative_end not in (None, "") else steps_n
@@ -634,8 +645,9 @@ class UI:
             else:
                 cells, how = self._generate_sweep(pipe, s, starts, seeds, progress), "one generate() call per image"
             titles = {seed: [f"seed {seed}: no negative"] + [f"start {k}" for k in starts] for seed in seeds}
-            if s.is_auto and s.auto_signal == Signal.ROLLOUT.value:  # the seeds share one start, as docs/guidance.md recommends
-                start, images = self._shared_auto(pipe, s, seeds, progress)
+            auto = s.auto_settings(pipe) if s.is_auto else None
+            if auto is not None and auto.signal is Signal.ROLLOUT:  # the seeds share one start, as docs/guidance.md recommends
+                start, images = self._shared_auto(pipe, s, replace(auto, per_prompt=True), seeds, progress)
                 for seed in seeds:
                     cells[seed].append(images[seed])
                     titles[seed].append(f"auto: start {start} (shared)")
@@ -651,11 +663,10 @@ class UI:
         status = f"{runs} images ({how}) in {time.perf_counter() - began:.1f} s; negative {s.negative_prompt!r}"
         return grid, status
 
-    def _shared_auto(self, pipe, s: PageSettings, seeds, progress: Progress) -> tuple[int, dict[int, Any]]:
-        """The seeds sampled together with one rollout start for all (``AutoStart(per_prompt=True)``)."""
+    def _shared_auto(self, pipe, s: PageSettings, auto, seeds, progress: Progress) -> tuple[int, dict[int, Any]]:
+        """The seeds sampled together with one rollout start for all (``auto``: an ``AutoStart(per_prompt=True)``)."""
         from .guided import sample_guided
 
-        auto = replace(s.negative_start_argument(), per_prompt=True)
         passes = len(_pass_steps(pipe, s.steps))
 
         def on_pass(pipeline, i, t, tensors):

@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import enum
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable
 
 import torch
@@ -68,7 +68,10 @@ class Signal(enum.Enum):
 class AutoStart:
     """How ``negative_start="auto"`` decides; defaults are the best of the study in docs/guidance.md."""
 
-    signal: Signal = Signal.ATTENTION
+    # None: the best rule this model and negative allow (:meth:`resolve`, docs/guidance.md): the ROLLOUT look-ahead,
+    # shared by a prompt's images, where a detector can read the negative - ``detector``, or the toy world's on a
+    # toy-world model for a negative it has words for - and ATTENTION, which needs none, everywhere else.
+    signal: Signal | None = None
     # ALIGNMENT: start once the cosine reaches this.
     threshold: float = 0.5
     # ATTENTION: start once this share of the negative tokens' attention falls on the top 10% of the latent's pixels.
@@ -109,7 +112,7 @@ class AutoStart:
     choice: str = "midpoint"
 
     def __post_init__(self):
-        if not isinstance(self.signal, Signal):
+        if self.signal is not None and not isinstance(self.signal, Signal):
             try:
                 object.__setattr__(self, "signal", Signal(str(self.signal).lower()))
             except ValueError:
@@ -128,10 +131,12 @@ class AutoStart:
             raise InputError("jumps", self.jumps, "must be >= 1")
         if self.choice not in CHOICES:
             raise InputError("choice", self.choice, f"choose one of {', '.join(CHOICES)}")
+        # Explicitly: with the default signal these would act on some models and not on others.
+        named = "the default" if self.signal is None else f"'{self.signal.value}'"
         if self.choice != "midpoint" and self.signal is not Signal.ROLLOUT:
-            raise InputError("choice", self.choice, f"only acts with signal='rollout', not '{self.signal.value}'")
+            raise InputError("choice", self.choice, f"only acts with signal='rollout', not {named}")
         if self.per_prompt and self.signal is not Signal.ROLLOUT:
-            raise InputError("per_prompt", self.per_prompt, f"is implemented for signal='rollout', not '{self.signal.value}'")
+            raise InputError("per_prompt", self.per_prompt, f"is implemented for signal='rollout', not {named}")
 
     @property
     def decision(self) -> "Decision":
@@ -143,8 +148,26 @@ class AutoStart:
         """Whether the signal asks a concept detector (``detector``, the toy world's when None)."""
         return self.signal in (Signal.DETECTOR, Signal.NEGATIVE_PREVIEW, Signal.ROLLOUT)
 
+    def resolve(self, pipe, negative_prompt) -> "AutoStart":
+        """These settings for sampling ``negative_prompt`` on ``pipe``: the default signal made concrete.
+
+        On the toy world the look-ahead shared by a prompt's images is the rule that follows the
+        per-prompt oracle best (docs/guidance.md, "Per image or per prompt"), but it reads a concept
+        detector; without one, the attention rule, the best measured that needs none.
+        """
+        if self.signal is not None:
+            return self
+        if self.detector is not None or toy_detector_reads(pipe, negative_prompt):
+            return replace(self, signal=Signal.ROLLOUT, per_prompt=True)
+        return replace(self, signal=Signal.ATTENTION)
+
     def cost_bound(self, steps: int | None = None) -> float:
-        """The most this costs, in units of a plain generation's model evaluations (``steps``: for ROLLOUT)."""
+        """The most this costs, in units of a plain generation's model evaluations (``steps``: for ROLLOUT).
+
+        For the default signal, the larger of the two rules it may become."""
+        if self.signal is None:
+            return max(replace(self, signal=Signal.ATTENTION).cost_bound(),
+                       replace(self, signal=Signal.ROLLOUT, per_prompt=True).cost_bound(steps))
         if self.signal is Signal.ROLLOUT:
             if steps is None:
                 raise InputError("steps", steps, "the rollout's cost bound depends on the number of steps")
@@ -154,6 +177,22 @@ class AutoStart:
 
     def decider(self, sampler, seed: int) -> "_Decider":
         return _Decider(self, sampler)
+
+
+def toy_detector_reads(pipe, negative_prompt) -> bool:
+    """Whether the toy world's exact detector can judge ``negative_prompt`` on ``pipe``'s pictures:
+    a toy-world model (its tokenizer is the toy world's) and a negative the world has words for."""
+    from .toyworld.tokenizer import is_toyworld_tokenizer
+
+    if not isinstance(negative_prompt, str) or not is_toyworld_tokenizer(getattr(pipe, "tokenizer", None)):
+        return False
+    from .experiments.detectors import ToyDetector
+
+    try:
+        ToyDetector(negative_prompt)
+    except InputError:
+        return False
+    return True
 
 
 def probe_steps(fractions: tuple[float, ...], latest: int) -> tuple[int, ...]:
@@ -387,4 +426,4 @@ class _Decider:
 CHOICES: dict[str, Decision] = {"midpoint": rollout_decision, "verified": rollout_verified, "gate": rollout_gate}
 
 __all__ = ["AutoStart", "Signal", "alignment", "pooled_start", "probe_steps", "rollout_decision", "rollout_earliest",
-           "rollout_extra", "rollout_extra_bound", "rollout_gate", "rollout_verified"]
+           "rollout_extra", "rollout_extra_bound", "rollout_gate", "rollout_verified", "toy_detector_reads"]

@@ -112,8 +112,10 @@ def _add_generation_flags(p: argparse.ArgumentParser) -> None:
                         "percent:0.2 or sigma:3.0, a noise level (ComfyUI's start_percent)")
     p.add_argument("--negative-end", default=None, help="exclusive end: step, fraction, percent:P or sigma:S")
     p.add_argument("--auto-signal", default=None,
-                   help="with --negative-start auto, what decides the start: attention (default), alignment, detector, "
-                        "negative_preview, rollout (the last three read the toy world's detector; docs/guidance.md)")
+                   help="with --negative-start auto, what decides the start: attention, alignment, detector, "
+                        "negative_preview, rollout (the last three read the toy world's detector; docs/guidance.md); "
+                        "default: the model's best rule - rollout, shared by the seeds, on a toy-world model with a negative "
+                        "its detector reads, attention everywhere else")
     p.add_argument("--auto-max-start", type=float, default=None,
                    help="with --negative-start auto, the latest start as a fraction of the steps (default 0.5)")
     p.add_argument("--auto-choice", default=None,

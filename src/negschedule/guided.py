@@ -119,6 +119,8 @@ class GuidedSampler:
         if self.auto is not None and engine.batch * engine.num_images_per_prompt != 1:
             raise InputError("prompt", engine.prompt, 'negative_start="auto" samples one image per seed: give one prompt, one image per seed')
         self.negative_prompt = negative_prompt
+        if self.auto is not None:
+            self.auto = self.auto.resolve(engine.pipe, negative_prompt)  # the default signal, made concrete for this model
         off = engine.step_keys(Run())
         # The negative's per-step keys; with "auto" the keys of a negative from step 0 (the start is decided later).
         run = Run(negative_prompt=negative_prompt, negative_start=negative_start, negative_end=negative_end)

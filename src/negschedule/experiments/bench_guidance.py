@@ -7,7 +7,9 @@ seeds far above the training set's, as ``toy eval`` makes them) and fixed image 
   every step ``0..max_start``. The fixed starts 0 / 10 % / 20 % / 33 % are read off it, and the
   per-prompt **oracle** (the start with the highest removal rate over the seeds, ties broken by
   the highest SSIM to the no-negative image) too;
-* ``auto`` (``auto.py``; with ``--study`` also its candidate signals and thresholds);
+* ``auto`` (``auto.py``'s default: on the toy world the look-ahead shared by a prompt's seeds), and
+  the attention rule it falls back to where no detector reads the negative (with ``--study`` also
+  its other candidate signals and thresholds);
 * the other rules of ``guidance.py``: negative_scale, perp_neg, sigma_window, dng.
 
 Two kinds of prompt: two-shape captions whose negative names one of the two shapes (removal of a
@@ -93,7 +95,10 @@ def methods(cfg: BenchConfig) -> dict[str, Any]:
     from ..guidance import Guidance, GuidanceRule
 
     out: dict[str, Any] = {
+        # The default: on this toy world, the look-ahead shared by a prompt's seeds (AutoStart.resolve).
         "auto": (None, "auto", AutoStart(max_start=cfg.max_start)),
+        # What the default is where no detector reads the negative (a real checkpoint's "blurry").
+        "auto[attention 0.16]": (None, "auto", AutoStart(signal=Signal.ATTENTION, max_start=cfg.max_start)),
         "negative_scale": (Guidance(GuidanceRule.NEGATIVE_SCALE), None, None),
         "perp_neg": (Guidance(GuidanceRule.PERP_NEG), None, None),
         # The guidance interval the paper reports for SD-XL, (0.28, 5.42]; the toy model shares SD's schedule.

@@ -9,6 +9,8 @@ cannot stop another ("triangle") from reaching its single token.
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 from .world import VOCABULARY
 
 MAX_LENGTH = 24  # tokens per prompt, start and end included: the longest caption takes about 20
@@ -57,3 +59,14 @@ def build_tokenizer(words=VOCABULARY, model_max_length: int = MAX_LENGTH):
     for a, b in merges:
         vocab.setdefault(a + b, len(vocab))
     return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=model_max_length)
+
+
+@lru_cache(maxsize=1)
+def _vocabulary() -> tuple:
+    return tuple(sorted(build_tokenizer().get_vocab().items()))
+
+
+def is_toyworld_tokenizer(tokenizer) -> bool:
+    """Whether ``tokenizer`` is the shapes world's (so the model it belongs to draws the shapes world)."""
+    get_vocab = getattr(tokenizer, "get_vocab", None)
+    return get_vocab is not None and tuple(sorted(get_vocab().items())) == _vocabulary()
