@@ -26,9 +26,10 @@ sample. Signals available during sampling (:class:`Signal`):
   concept?", with a look-ahead of a few DDIM jumps with the negative on, read by the detector; it
   probes forward (:func:`rollout_decision`) and, when the start it picks is behind, goes back to
   that step's snapshot. Costs ``1 + 2 (jumps - 1)`` per probe plus the replayed steps
-  (:func:`rollout_extra_bound`; 1.3x at 20 steps, 2 jumps). On the toy model its blurry look-ahead
-  reads "removed" too often (docs/guidance.md), so it is a setting, not the default. With
-  ``per_prompt=True`` the images of a prompt share one start: the earliest that any of their
+  (:func:`rollout_extra_bound`; 1.3x at 20 steps, 2 jumps). Its blurry look-ahead reads "removed"
+  too often on the toy model (docs/guidance.md), but shared by a prompt's images it follows the
+  per-prompt oracle best of the rules measured, so it is the default where a detector can read the
+  negative (:meth:`AutoStart.resolve`). With ``per_prompt=True`` the images of a prompt share one start: the earliest that any of their
   searches settles on (:func:`pooled_start`), which is how the best start of a prompt relates to
   its images' own. ``choice="verified"`` starts at the last probe whose look-ahead removed the
   concept (:func:`rollout_verified`) instead of the midpoint between it and the first that did
@@ -37,8 +38,9 @@ sample. Signals available during sampling (:class:`Signal`):
 Whatever the signal, the negative starts at ``max_start`` (a fraction of the steps) at the latest,
 which bounds the cost: probing with ``ALIGNMENT`` or ``ATTENTION`` costs 3 evaluations per step instead of 2 for at
 most ``max_start`` of the steps, so at most ``1 + max_start / 2`` times a plain generation (1.25x
-at the default 0.5). Which signal is the default, and its threshold, come from the study in
-``docs/guidance.md`` (toy world, held-out prompts).
+at the default 0.5). Which signal is the default (the rollout shared by a prompt's images where a
+detector reads the negative, the attention rule elsewhere), and the threshold, come from the study
+in ``docs/guidance.md`` (toy world, held-out prompts).
 """
 
 from __future__ import annotations
