@@ -28,10 +28,10 @@ sample. Signals available during sampling (:class:`Signal`):
   that step's snapshot. Costs ``1 + 2 (jumps - 1)`` per probe plus the replayed steps
   (:func:`rollout_extra_bound`; 1.3x at 20 steps, 2 jumps). Its blurry look-ahead reads "removed"
   too often on the toy model (docs/guidance.md), but shared by a prompt's images it follows the
-  per-prompt oracle best of the rules measured, so it is the default where a detector can read the
-  negative (:meth:`AutoStart.resolve`). With ``per_prompt=True`` the images of a prompt share one start: the earliest that any of their
-  searches settles on (:func:`pooled_start`), which is how the best start of a prompt relates to
-  its images' own. ``choice="verified"`` starts at the last probe whose look-ahead removed the
+  per-prompt oracle best of the rules measured, so it is the default where a detector can read
+  the negative (:meth:`AutoStart.resolve`). With ``per_prompt=True`` the images of a prompt share
+  one start: the earliest that any of their searches settles on (:func:`pooled_start`), which is
+  how the best start of a prompt relates to its images' own. ``choice="verified"`` starts at the last probe whose look-ahead removed the
   concept (:func:`rollout_verified`) instead of the midpoint between it and the first that did
   not: more removal, less structure, a longer replay (1.4x at worst).
 

@@ -69,4 +69,7 @@ def _vocabulary() -> tuple:
 def is_toyworld_tokenizer(tokenizer) -> bool:
     """Whether ``tokenizer`` is the shapes world's (so the model it belongs to draws the shapes world)."""
     get_vocab = getattr(tokenizer, "get_vocab", None)
-    return get_vocab is not None and tuple(sorted(get_vocab().items())) == _vocabulary()
+    if get_vocab is None:
+        return False
+    vocab = get_vocab()
+    return len(vocab) == len(_vocabulary()) and tuple(sorted(vocab.items())) == _vocabulary()  # size first: SD's has 49408

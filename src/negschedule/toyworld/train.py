@@ -199,7 +199,7 @@ def train_vae(cfg: TrainConfig, data: torch.Tensor):
     gen = torch.Generator().manual_seed(cfg.seed)
     step = 0
     if path.exists():
-        state = torch.load(path, weights_only=False, map_location=device)
+        state = torch.load(path, weights_only=False, map_location="cpu")  # copied to the device on loading
         vae.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
         gen.set_state(state["gen"])
@@ -283,7 +283,7 @@ def train_unet(cfg: TrainConfig, latents: torch.Tensor, tokenizer):
     world = cfg.world_config
     step = 0
     if path.exists():
-        state = torch.load(path, weights_only=False, map_location=device)
+        state = torch.load(path, weights_only=False, map_location="cpu")  # copied to the device on loading
         unet.load_state_dict(state["unet"])
         text.load_state_dict(state["text"])
         for e, v in zip(ema, state["ema"]):
