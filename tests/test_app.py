@@ -520,3 +520,25 @@ def test_models_load_on_the_device_and_dtype_served(pipe, models_dir, monkeypatc
 def test_serve_refuses_bad_flags(argv, argument):
     with pytest.raises(InputError, match=argument):
         app.cmd_serve(parse_serve(*argv))
+
+
+def test_menu_auto_runs_the_models_best_rule(ui, pipe):
+    # On a model whose pictures no detector reads (this tiny one) the default is the attention rule ...
+    image, _, status = ui.generate(*core(start_rule="auto"), False)
+    want, chosen = auto_image(pipe, "attention")
+    assert np.array_equal(np.asarray(image), want) and f"auto (the model's best rule) chose step {chosen}: " in status
+    assert "Auto signal" not in image.info["parameters"]  # none named: the default
+    grid, status = ui.sweep(*core(start_rule="auto"), "0:4:2", "0,1")
+    assert "then 2 with the auto start (the model's best rule)" in status  # one start per seed
+    # ... and on the toy world, with a negative its detector reads, the look-ahead shared by the seeds.
+    from negschedule import load_pipeline
+    from negschedule.auto import AutoStart
+    from negschedule.guided import sample_guided
+
+    toy = load_pipeline()
+    toy_ui = UI(ServeConfig(), default_pipe=toy)
+    night = dict(prompt="night, a red square", negative_prompt="moon")
+    grid, status = toy_ui.sweep(*core(start_rule="auto", **night), "0:4:2", "0,1")
+    result = sample_guided(toy, "cfg", [0, 1], negative_start="auto", auto=AutoStart(signal="rollout", per_prompt=True),
+                           num_inference_steps=CORE["steps"], guidance_scale=CORE["guidance_scale"], **night)
+    assert f"one auto start for all seeds (the model's best rule, per prompt: step {result.starts[0]})" in status
