@@ -232,7 +232,7 @@ def evaluate(cfg: EvalConfig, progress=None) -> dict:
 
     # What the figures depend on (batch too: it can move the last bits), the model's weights included.
     # Device and dtype only off their defaults, so that folders measured before they existed still resume.
-    defaults = {"device": "cpu", "dtype": ""}
+    defaults = {"device": EvalConfig.device, "dtype": EvalConfig.dtype}
     settings = {k: v for k, v in asdict(cfg).items() if k not in ("out", "threads") and defaults.get(k, object()) != v}
     store.open({**settings, "weights": weights_fingerprint(cfg.model or None)})
     out = Path(cfg.out)
