@@ -191,9 +191,8 @@ def psnr(vae, images: torch.Tensor) -> float:
     return 10 * math.log10(255**2 / max(mse, 1e-10))
 
 
-def train_vae(cfg: TrainConfig, data: torch.Tensor):
+def train_vae(cfg: TrainConfig, data: torch.Tensor, device: torch.device):
     path = Path(cfg.out) / "vae.pt"
-    device = _device(cfg)
     vae = build_vae(cfg).to(device)
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -266,12 +265,11 @@ def _ema_update(ema: list[torch.Tensor], params: list[torch.Tensor], decay: floa
         torch._foreach_add_(ema, params, alpha=1 - decay)
 
 
-def train_unet(cfg: TrainConfig, latents: torch.Tensor, tokenizer):
-    """Train the UNet and the text encoder together; returns their EMA copies."""
+def train_unet(cfg: TrainConfig, latents: torch.Tensor, tokenizer, device: torch.device):
+    """Train the UNet and the text encoder together (on ``device``); returns their EMA copies."""
     from diffusers import DDPMScheduler
 
     path = Path(cfg.out) / "unet.pt"
-    device = _device(cfg)
     torch.manual_seed(cfg.seed)
     unet, text = build_unet(cfg).to(device), build_text_encoder(cfg, len(tokenizer)).to(device)
     params = list(unet.parameters()) + list(text.parameters())
@@ -374,7 +372,7 @@ def check_resume(cfg: TrainConfig) -> None:
 def train(cfg: TrainConfig) -> Path:
     """Run (or resume) every phase; returns the folder of the saved pipeline."""
     cfg.world_config  # an unknown world is refused before anything is written
-    _device(cfg)  # and a device that is not there
+    device = _device(cfg)  # and a device that is not there
     check_resume(cfg)
     torch.set_num_threads(cfg.threads)
     out = Path(cfg.out)
@@ -385,11 +383,11 @@ def train(cfg: TrainConfig) -> Path:
     tokenizer = build_tokenizer()
     data = _data(cfg)
     t = time.time()
-    vae = train_vae(cfg, data)
+    vae = train_vae(cfg, data, device)
     latents = _latents(cfg, vae, data)
     _update_figures(cfg, {"vae_phase_s": round(time.time() - t)})
     t = time.time()
-    unet, text = train_unet(cfg, latents, tokenizer)
+    unet, text = train_unet(cfg, latents, tokenizer, device)
     _update_figures(cfg, {"unet_phase_s_this_run": round(time.time() - t), "total_s_this_run": round(time.time() - start)})
     pipe = assemble(vae, text, tokenizer, unet).to("cpu")  # saved from the CPU wherever it trained
     target = out / "pipeline"
