@@ -189,6 +189,11 @@ def test_returns_the_pipelines_own_output_type(tiny_sd):
         (dict(guidance_scale=1.0), "guidance_scale"),
         (dict(not_an_argument=1), "not_an_argument"),
         (dict(negative_start=2, cfg_off=True, ip_adapter_image_embeds=[torch.zeros(1, 1, 8)]), "cfg_off"),
+        (dict(negative_start=2, guidance_scale_with_negative=1.0), "guidance_scale_with_negative"),
+        (dict(negative_start=2, guidance_scale_with_negative="10"), "guidance_scale_with_negative"),
+        (dict(negative_start=2, guidance_scale_with_negative=True), "guidance_scale_with_negative"),
+        (dict(negative_start=2, guidance_scale_with_negative=float("nan")), "guidance_scale_with_negative"),
+        (dict(negative_prompt=None, guidance_scale_with_negative=9.0), "guidance_scale_with_negative"),
     ],
 )
 def test_bad_input_names_the_argument(tiny_sd, kwargs, argument):
@@ -272,8 +277,10 @@ def test_several_negatives_each_in_its_window(tiny_sd):
     assert torch.equal(both, joined)
 
 
-def _reference_loop(pipe, k: int, seed: int, steps: int = N, scale: float = 7.5) -> torch.Tensor:
-    """A loop written from scratch (not the pipeline's, not the engine's): "" before step k, NEG from k."""
+def _reference_loop(pipe, k: int, seed: int, steps: int = N, scale: float = 7.5, scale_on: float | None = None,
+                    end: int | None = None) -> torch.Tensor:
+    """A loop written from scratch (not the pipeline's, not the engine's): "" before step k, NEG in
+    [k, end), guided with ``scale_on`` there (default ``scale``)."""
     dtype = pipe.unet.dtype
     scheduler = pipe.scheduler
     scheduler.set_timesteps(steps, device=pipe.device)
@@ -289,11 +296,13 @@ def _reference_loop(pipe, k: int, seed: int, steps: int = N, scale: float = 7.5)
         empty = pipe.text_encoder(ids(""))[0]
         negative = pipe.text_encoder(ids(NEG))[0]
         for step, t in enumerate(scheduler.timesteps):
-            uncond = negative if step >= k else empty
+            on = k <= step < (steps if end is None else end)
+            uncond = negative if on else empty
             model_input = scheduler.scale_model_input(torch.cat([latents, latents]), t)
             eps = pipe.unet(model_input, t, encoder_hidden_states=torch.cat([uncond, positive])).sample
             eps_u, eps_c = eps.chunk(2)
-            eps = eps_u + scale * (eps_c - eps_u)
+            w = scale_on if on and scale_on is not None else scale
+            eps = eps_u + w * (eps_c - eps_u)
             kwargs = {"generator": generator} if "generator" in inspect.signature(scheduler.step).parameters else {}
             latents = scheduler.step(eps, t, latents, **kwargs).prev_sample
     return latents
@@ -306,6 +315,45 @@ def test_matches_an_independent_reference_loop(tiny_sd, scheduler, k):
     expected = _reference_loop(tiny_sd, k, seed=5)
     got, _ = latents_of(generate, tiny_sd, prompt=PROMPT, negative_prompt=NEG, negative_start=k, seed=5)
     assert torch.equal(got, expected)
+
+
+@pytest.mark.parametrize("scheduler", ["ddim", "euler_a", "dpmpp_2m"])
+@pytest.mark.parametrize("k, end", [(0, None), (2, None), (1, 4), (N, None)])
+def test_scale_with_negative_matches_an_independent_reference_loop(tiny_sd, scheduler, k, end):
+    # The scale changes exactly at the steps where the negative acts: from its start, back at its end.
+    set_scheduler(tiny_sd, scheduler)
+    expected = _reference_loop(tiny_sd, k, seed=5, scale_on=11.0, end=end)
+    got, _ = latents_of(generate, tiny_sd, prompt=PROMPT, negative_prompt=NEG, negative_start=k, negative_end=end,
+                        guidance_scale_with_negative=11.0, seed=5)
+    assert torch.equal(got, expected)
+    assert tiny_sd.guidance_scale == 7.5  # the pipeline is left at the call's own scale
+    if k < N:
+        plain, _ = latents_of(generate, tiny_sd, prompt=PROMPT, negative_prompt=NEG, negative_start=k, negative_end=end, seed=5)
+        assert not torch.equal(got, plain)
+
+
+@pytest.mark.parametrize("fixture", ["tiny_sd", "tiny_sdxl"])
+def test_scale_with_negative_from_step_0_is_the_stock_call_at_that_scale(request, fixture):
+    pipe = request.getfixturevalue(fixture)
+    size = XL if fixture == "tiny_sdxl" else {}
+    expected, _ = latents_of(stock, pipe, prompt=PROMPT, negative_prompt=NEG, guidance_scale=9.0, **size)
+    got, _ = latents_of(generate, pipe, prompt=PROMPT, negative_prompt=NEG, negative_start=0, guidance_scale_with_negative=9.0, **size)
+    assert torch.equal(got, expected)
+    # A negative that never starts never changes the scale either.
+    expected, _ = latents_of(stock, pipe, prompt=PROMPT, **size)
+    got, _ = latents_of(generate, pipe, prompt=PROMPT, negative_prompt=NEG, negative_start=6, guidance_scale_with_negative=9.0, **size)
+    assert torch.equal(got, expected)
+
+
+def test_scale_with_negative_and_cfg_off(tiny_sd):
+    # CFG off (one evaluation) before the start, the with-negative scale from it.
+    set_scheduler(tiny_sd, "ddim")
+    got, mine = latents_of(generate, tiny_sd, prompt=PROMPT, negative_prompt=NEG, negative_start=3, cfg_off=True,
+                           guidance_scale_with_negative=10.0)
+    plain, off = latents_of(generate, tiny_sd, prompt=PROMPT, negative_prompt=NEG, negative_start=3, cfg_off=True)
+    assert all(torch.equal(a, b) for a, b in zip(mine[:3], off[:3]))  # untouched before the start (CFG off there)
+    assert not torch.equal(mine[3], off[3])  # the scale acts from the start's own step
+    assert not torch.equal(got, plain)
 
 
 def test_custom_timesteps_set_the_step_count(tiny_sd):

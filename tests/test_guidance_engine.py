@@ -591,3 +591,55 @@ def test_default_auto_is_the_look_ahead_where_a_detector_reads_the_negative_else
     got = sample_guided(tiny_sd, "cfg", [3], negative_prompt=NEG, negative_start="auto", **KW)
     want = sample_guided(tiny_sd, "cfg", [3], negative_prompt=NEG, negative_start="auto", auto=AutoStart(signal=Signal.ATTENTION), **KW)
     assert got.starts == want.starts and torch.equal(got.latents[3], want.latents[3])
+
+
+def test_scale_with_negative_in_the_engine_equals_the_stock_path(tiny_sd):
+    # The engine's timed CFG (the loop "auto" and the sweeps share) against generate()'s stock call.
+    kw = {**KW, "num_inference_steps": 6}
+    ref = generate(tiny_sd, negative_prompt=NEG, negative_start=2, guidance_scale_with_negative=10.0,
+                   generator=torch.Generator().manual_seed(3), **kw).images
+    res = sample_guided(tiny_sd, "cfg", [3], negative_prompt=NEG, negative_start=2, guidance_scale_with_negative=10.0, **kw)
+    assert torch.equal(res.latents[3], ref)
+    plain = sample_guided(tiny_sd, "cfg", [3], negative_prompt=NEG, negative_start=2, **kw)
+    assert not torch.equal(plain.latents[3], ref)
+
+
+@pytest.mark.parametrize("answers", [(True, False), (False, True), (False, False)], ids=["early", "middle", "late"])
+def test_auto_with_a_scale_with_negative_is_bit_exact_to_its_fixed_start(tiny_sd, answers):
+    calls = []
+
+    def detector(image):
+        calls.append(image.size)
+        return answers[min(len(calls), 2) - 1]
+
+    auto = AutoStart(signal=Signal.ROLLOUT, detector=detector)
+    kw = {**KW, "num_inference_steps": 8, "guidance_scale_with_negative": 12.0}
+    res = sample_guided(tiny_sd, "cfg", [3], negative_prompt=NEG, negative_start="auto", auto=auto, **kw)
+    fixed = sample_guided(tiny_sd, "cfg", [3], negative_prompt=NEG, negative_start=res.starts[3], **kw)
+    assert torch.equal(res.latents[3], fixed.latents[3])
+    stock = generate(tiny_sd, negative_prompt=NEG, negative_start=res.starts[3], generator=torch.Generator().manual_seed(3), **kw).images
+    assert torch.equal(res.latents[3], stock)
+
+
+def test_look_ahead_previews_with_the_scale_with_negative(tiny_sd):
+    # "Would a negative from here remove it?" is asked of the negative the sample will run.
+    seen = {}
+    for scale in (None, 12.0):
+        pictures = []
+        auto = AutoStart(signal=Signal.ROLLOUT, detector=lambda image: pictures.append(image) or True)
+        sample_guided(tiny_sd, "cfg", [3], negative_prompt=NEG, negative_start="auto", auto=auto,
+                      guidance_scale_with_negative=scale, **{**KW, "num_inference_steps": 8, "output_type": "pil"})
+        seen[scale] = [p.tobytes() for p in pictures]
+    assert len(seen[None]) == len(seen[12.0]) and seen[None] != seen[12.0]
+
+
+def test_scale_with_negative_bad_input(tiny_sd):
+    with pytest.raises(InputError) as err:
+        run(tiny_sd, "negative_scale", guidance_scale_with_negative=10.0)
+    assert err.value.argument == "guidance_scale_with_negative"
+    with pytest.raises(InputError) as err:
+        sample_guided(tiny_sd, "cfg", [3], negative_start="auto", guidance_scale_with_negative=10.0, **KW)
+    assert err.value.argument in ("guidance_scale_with_negative", "negative_prompt")
+    with pytest.raises(InputError) as err:
+        sample_guided(tiny_sd, "cfg", [3], negative_prompt=NEG, guidance_scale_with_negative=0.5, **KW)
+    assert err.value.argument == "guidance_scale_with_negative"

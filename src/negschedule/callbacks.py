@@ -11,7 +11,9 @@ in ``cfg_off`` mode, the ``guidance_scale``) to start the call with.
 In ``cfg_off`` mode the steps whose negative is off run without CFG at all (one model evaluation,
 positive prediction only, like A1111's "Skip Early CFG"): the callback flips the pipeline's
 ``_guidance_scale`` between 1 (CFG off) and the user's scale, as diffusers' own
-``SDCFGCutoffCallback`` does, and grows or shrinks the embedding batch to match.
+``SDCFGCutoffCallback`` does, and grows or shrinks the embedding batch to match. With
+``guidance_scale_with_negative`` it sets the pipeline's scale the same way at the steps where a
+negative acts (the stock loops read ``self.guidance_scale`` at every pass).
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ class NegativeScheduleCallback(PipelineCallback):
         encode_kwargs: dict[str, Any],
         guidance_scale: float,
         cfg_off: bool = False,
+        guidance_scale_with_negative: float | None = None,
     ):
         super().__init__(cutoff_step_ratio=1.0)
         if not step_keys:
@@ -47,6 +50,8 @@ class NegativeScheduleCallback(PipelineCallback):
         self.step_keys = [tuple(k) for k in step_keys]
         self.encode_kwargs = dict(encode_kwargs)
         self.guidance_scale = float(guidance_scale)
+        # The CFG scale at the steps where a negative acts (None: guidance_scale there too).
+        self.guidance_scale_with_negative = None if guidance_scale_with_negative is None else float(guidance_scale_with_negative)
         self.cfg_off = cfg_off
         self._encoder: NegativeEncoder | None = None
         # SDXL needs its pooled tensors too, but SD refuses to hand them over: bind(pipe) decides.
@@ -67,6 +72,7 @@ class NegativeScheduleCallback(PipelineCallback):
         negative_end: int | float | None = None,
         num_images_per_prompt: int = 1,
         cfg_off: bool = False,
+        guidance_scale_with_negative: float | None = None,
     ) -> "NegativeScheduleCallback":
         """Plan a callback for one pipeline call; pass ``**cb.pipeline_kwargs()`` to that call.
 
@@ -75,11 +81,13 @@ class NegativeScheduleCallback(PipelineCallback):
         from .generate import batch_size, plan_negatives, require_cfg
 
         require_cfg(guidance_scale)
+        if guidance_scale_with_negative is not None:
+            require_cfg(guidance_scale_with_negative, "guidance_scale_with_negative")
         keys = plan_negatives(
             negative_prompt, num_inference_steps, batch_size(prompt, None), negative_start, negative_end
         )
         encode = {"prompt": prompt, "num_images_per_prompt": num_images_per_prompt}
-        return cls(keys, encode, guidance_scale, cfg_off=cfg_off)
+        return cls(keys, encode, guidance_scale, cfg_off=cfg_off, guidance_scale_with_negative=guidance_scale_with_negative)
 
     @property
     def tensor_inputs(self) -> list[str]:
@@ -90,6 +98,15 @@ class NegativeScheduleCallback(PipelineCallback):
 
     def _cfg_on(self, key: NegativeKey) -> bool:
         return not (self.cfg_off and self._off(key))
+
+    def scale(self, key: NegativeKey) -> float:
+        """The pipeline's guidance scale while ``key`` is active: 1 with CFG off, the with-negative
+        scale where a negative acts (when one is set), else the user's scale."""
+        if not self._cfg_on(key):
+            return 1.0
+        if self.guidance_scale_with_negative is not None and not self._off(key):
+            return self.guidance_scale_with_negative
+        return self.guidance_scale
 
     def pipeline_kwargs(self, pipe=None) -> dict[str, Any]:
         """Arguments the pipeline call must start with so that pass 0 runs step 0's state.
@@ -103,7 +120,7 @@ class NegativeScheduleCallback(PipelineCallback):
         first = self.step_keys[0]
         out = {
             "negative_prompt": negative_argument(first, self.encode_kwargs.get("prompt")),
-            "guidance_scale": self.guidance_scale if self._cfg_on(first) else 1.0,
+            "guidance_scale": self.scale(first),
             "callback_on_step_end": self,
         }
         second = second_negative_argument(first, self.encode_kwargs.get("prompt"), self.encode_kwargs.get("negative_prompt_2"))
@@ -182,7 +199,7 @@ class NegativeScheduleCallback(PipelineCallback):
             self._encoder.positive = NegativeEmbeds(positive[::per_prompt], rest["add_text_embeds"][:rows][::per_prompt] if sdxl else None)
         negative = self._encoder(new)  # a row per image; repeated below to the pipeline's rows (frames)
         frames = rows // negative.prompt_embeds.shape[0]
-        pipeline._guidance_scale = self.guidance_scale
+        pipeline._guidance_scale = self.scale(new)
         kw["prompt_embeds"] = torch.cat([negative.prompt_embeds.to(positive).repeat_interleave(frames, dim=0), rest["prompt_embeds"]])
         if sdxl:
             pooled = negative.pooled_prompt_embeds.to(rest["add_text_embeds"]).repeat_interleave(frames, dim=0)

@@ -32,6 +32,7 @@ class RunSettings:
     cfg_off: bool = False  # no CFG at all while the negative is off (A1111's "Skip Early CFG")
     steps: int = 20  # num_inference_steps
     guidance_scale: float = 7.5
+    guidance_scale_with_negative: float | None = None  # CFG scale at the steps where the negative acts (None: guidance_scale)
     seed: int = 0
     height: int | None = None  # None = the model's own size
     width: int | None = None
@@ -140,6 +141,11 @@ def _add_generation_flags(p: argparse.ArgumentParser) -> None:
                         "Negative Guidance minimum sigma does unless 'NGMS all steps' is on")
     p.add_argument("--steps", type=int, default=20, help="num_inference_steps")
     p.add_argument("--guidance-scale", "--cfg-scale", type=float, default=7.5, dest="guidance_scale", help="classifier-free guidance scale")
+    p.add_argument("--guidance-scale-with-negative", "--cfg-scale-with-negative", type=float, default=None,
+                   dest="guidance_scale_with_negative",
+                   help="the CFG scale at the steps where the negative acts (default: --guidance-scale); a late "
+                        "--negative-start with a higher scale removes about as much as the negative from step 0 "
+                        "and keeps more of the picture (docs/guidance.md)")
     p.add_argument("--seed", type=int, default=0, help="torch generator seed")
     p.add_argument("--height", type=int, default=None, help="pixels; default: the model's own size")
     p.add_argument("--width", type=int, default=None, help="pixels; default: the model's own size")
@@ -188,6 +194,7 @@ def _settings(args: argparse.Namespace) -> RunSettings:
         cfg_off=args.cfg_off,
         steps=args.steps,
         guidance_scale=args.guidance_scale,
+        guidance_scale_with_negative=args.guidance_scale_with_negative,
         seed=args.seed,
         height=args.height,
         width=args.width,
@@ -313,6 +320,14 @@ def _check_before_loading(s: RunSettings) -> None:
     has_negative = s.negative_prompt is not None or bool(s.negative_windows)
     if has_negative:
         require_cfg(s.guidance_scale)
+    if s.guidance_scale_with_negative is not None:
+        from .generate import check_scale_with_negative
+
+        check_scale_with_negative(s.guidance_scale_with_negative)
+        if not has_negative:
+            raise InputError("guidance_scale_with_negative", s.guidance_scale_with_negative, "needs a --negative-prompt to act with")
+        if s.guidance not in ("cfg", "timed"):
+            raise InputError("guidance_scale_with_negative", s.guidance_scale_with_negative, f"scales CFG's negative; not combined with --guidance {s.guidance}")
     _guidance(s)  # an unknown rule name fails here
     if s.negative_prompt_2 is not None:
         pipeline_class = _pipeline_class(s.model)
@@ -410,6 +425,7 @@ def _generate(pipe, s: RunSettings, **timing: Any):
         cfg_off=s.cfg_off,
         guidance=_guidance(s),
         negative_prompt_2=s.negative_prompt_2,
+        guidance_scale_with_negative=s.guidance_scale_with_negative,
     )
     if s.init_image is not None:  # the picture sets the size; img2img pipelines take no height/width
         kwargs.update(image=_init_image(s), strength=s.denoising_strength)
@@ -446,6 +462,7 @@ def png_parameters(pipe, s: RunSettings, **extra: Any) -> str:
         "Steps": s.steps,
         "Sampler": s.scheduler or scheduler_name(pipe.scheduler),
         "CFG scale": s.guidance_scale,
+        "CFG scale with negative": s.guidance_scale_with_negative,
         "Seed": s.seed,
         "Size": size,
         "Clip skip": None if s.clip_skip is None else s.clip_skip + 1,  # A1111 counts the last layer as 1

@@ -43,7 +43,7 @@ def png_arguments(path: str, given: set[str]) -> list[str]:
     flag("--prompt", prompt)
     if negative:
         flag("--negative-prompt", negative)
-    simple = {"Steps": "--steps", "CFG scale": "--guidance-scale", "Seed": "--seed", "Negative start": "--negative-start",
+    simple = {"Steps": "--steps", "CFG scale": "--guidance-scale", "CFG scale with negative": "--guidance-scale-with-negative", "Seed": "--seed", "Negative start": "--negative-start",
               "Negative end": "--negative-end", "Negative prompt 2": "--negative-prompt-2", "Guidance": "--guidance",
               "Negative scale": "--negative-scale", "Auto signal": "--auto-signal", "Auto max start": "--auto-max-start",
               "Auto choice": "--auto-choice", "Denoising strength": "--strength"}

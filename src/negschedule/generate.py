@@ -10,6 +10,7 @@ own output type comes back.
 from __future__ import annotations
 
 import inspect
+import math
 from typing import Any, Sequence
 
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
@@ -54,6 +55,17 @@ def require_cfg(guidance_scale: float, argument: str = "guidance_scale") -> None
     """Refuse a negative prompt under ``guidance_scale <= 1``: CFG is off then, so the negative does nothing."""
     if guidance_scale <= 1:
         raise InputError(argument, guidance_scale, "CFG is off at guidance_scale <= 1, so a negative prompt does nothing")
+
+
+def check_scale_with_negative(value: Any) -> float | None:
+    """``guidance_scale_with_negative`` as a float (None stays None): a finite number above 1, since
+    it is the CFG scale of the steps where a negative acts."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise InputError("guidance_scale_with_negative", value, "must be a number above 1 (the CFG scale while the negative acts)")
+    require_cfg(float(value), "guidance_scale_with_negative")
+    return float(value)
 
 
 def batch_size(prompt: Any, prompt_embeds: Any) -> int:
@@ -203,6 +215,7 @@ def generate(
     negative_windows: Sequence[NegativeWindow | tuple] = (),
     cfg_off: bool = False,
     guidance=None,
+    guidance_scale_with_negative: float | None = None,
     **kwargs: Any,
 ):
     """Call ``pipe`` with its own keywords and a negative prompt that acts only in a window of steps.
@@ -218,6 +231,9 @@ def generate(
     (``(x:1.3)``, ``(x)``, ``[x]``, ``BREAK``) and run past 77 tokens: such texts are encoded the
     A1111 way (``long_prompts.py``), all others by the stock pipeline. ``cfg_off``: while no
     negative is active, run without CFG (positive prediction only) instead of CFG with the empty prompt.
+    ``guidance_scale_with_negative``: the CFG scale at the steps where a negative acts (None: the
+    call's ``guidance_scale`` throughout); a late start loses removal, a stronger negative from it
+    wins much of it back and keeps the structure the late start kept (docs/guidance.md).
     Returns the pipeline's own output.
 
     ``guidance``: a :class:`~negschedule.guidance.Guidance` or rule name (``"cfg"``, ``"timed"``,
@@ -235,6 +251,9 @@ def generate(
         check_family(pipe)
     # Sigma / timestep-percent bounds become steps first, so everything below sees steps only.
     negative_start, negative_end, negative_windows = resolve_noise_levels(pipe, kwargs, negative_start, negative_end, negative_windows)
+    guidance_scale_with_negative = check_scale_with_negative(guidance_scale_with_negative)
+    if guidance_scale_with_negative is not None and kwargs.get("negative_prompt") is None and not negative_windows:
+        raise InputError("guidance_scale_with_negative", guidance_scale_with_negative, "needs a negative_prompt to act with")
     if _needs_engine(guidance, negative_start):
         if negative_windows or cfg_off:
             raise InputError("negative_windows" if negative_windows else "cfg_off", negative_windows or cfg_off, "not combined with this guidance")
@@ -242,7 +261,7 @@ def generate(
             raise InputError("negative_prompt_2", kwargs["negative_prompt_2"], "is timed with plain CFG only (a fixed negative_start, guidance=cfg)")
         from .guided import generate_guided
 
-        return generate_guided(pipe, guidance, negative_start, negative_end, **kwargs)
+        return generate_guided(pipe, guidance, negative_start, negative_end, guidance_scale_with_negative=guidance_scale_with_negative, **kwargs)
     defaults = call_defaults(pipe)
     # The stock __call__ also takes **kwargs, but only for deprecated arguments: a typo must not pass silently.
     unknown = sorted(set(kwargs) - set(defaults) - {"prompt"})
@@ -305,11 +324,13 @@ def generate(
     if lora_scale is not None:
         encode_kwargs["lora_scale"] = lora_scale
     if weighted is None:
-        callback = NegativeScheduleCallback(step_keys, encode_kwargs, guidance_scale, cfg_off=cfg_off).bind(pipe)
+        callback = NegativeScheduleCallback(step_keys, encode_kwargs, guidance_scale, cfg_off=cfg_off,
+                                            guidance_scale_with_negative=guidance_scale_with_negative).bind(pipe)
     else:
         from .long_prompts import WeightedNegativeScheduleCallback
 
-        callback = WeightedNegativeScheduleCallback(step_keys, weighted, guidance_scale, cfg_off=cfg_off).bind(pipe)
+        callback = WeightedNegativeScheduleCallback(step_keys, weighted, guidance_scale, cfg_off=cfg_off,
+                                                    guidance_scale_with_negative=guidance_scale_with_negative).bind(pipe)
 
     if "callback_on_step_end" not in defaults:
         # Older community-style pipelines (SAG, Attend-and-Excite, GLIGEN, ...) offer no per-step hook.

@@ -32,7 +32,7 @@ import torch
 
 from .engine import Engine, Run
 from .errors import InputError
-from .generate import require_cfg
+from .generate import check_scale_with_negative, require_cfg
 from .guidance import (
     THREE_BRANCH,
     Guidance,
@@ -71,6 +71,8 @@ class GuidedSampler:
     are offered (the other tensors the stock loop shares do not exist here). When ``auto``'s
     look-ahead goes back to an earlier step, the passes from there are run, and reported, again.
     ``progress_bar``: draw the pipeline's own progress bar (``pipe.set_progress_bar_config`` applies).
+    ``guidance_scale_with_negative``: CFG's scale at the steps where the negative acts (plain or timed
+    CFG and "auto"; None: ``guidance_scale``), as in ``generate()``.
     """
 
     def __init__(
@@ -84,6 +86,7 @@ class GuidedSampler:
         callback_on_step_end=None,
         callback_on_step_end_tensor_inputs: Sequence[str] | None = ("latents",),
         progress_bar: bool = False,
+        guidance_scale_with_negative: float | None = None,
         **pipeline_kwargs: Any,
     ):
         self.guidance = Guidance.of(guidance)
@@ -116,6 +119,14 @@ class GuidedSampler:
             raise InputError("negative_prompt", None, f"guidance={rule.value} needs a negative prompt")
         if negative_prompt is not None:
             require_cfg(engine.guidance_scale)
+        scale_on = check_scale_with_negative(guidance_scale_with_negative)
+        if scale_on is not None:
+            if negative_prompt is None:
+                raise InputError("guidance_scale_with_negative", scale_on, "needs a negative_prompt to act with")
+            if rule not in (GuidanceRule.CFG, GuidanceRule.TIMED):
+                raise InputError("guidance_scale_with_negative", scale_on, f"scales CFG's negative; not combined with guidance={rule.value}")
+        # CFG's scale at the steps where the negative acts (the look-ahead of "auto" previews with it too).
+        self.scale_on = engine.guidance_scale if scale_on is None else scale_on
         if self.auto is not None and engine.batch * engine.num_images_per_prompt != 1:
             raise InputError("prompt", engine.prompt, 'negative_start="auto" samples one image per seed: give one prompt, one image per seed')
         self.negative_prompt = negative_prompt
@@ -280,7 +291,7 @@ class GuidedSampler:
                     (eps,) = self._pass(x, state.scheduler, t, self._rows([engine._condition(key)], ["pos"]), 1)
                 else:
                     eps_first, eps_pos = self._pass(x, state.scheduler, t, engine._condition(key if active else self.off_key), 2)
-                    eps = self._rescale(cfg(eps_first, eps_pos, w), eps_pos)
+                    eps = self._rescale(cfg(eps_first, eps_pos, self.scale_on if active else w), eps_pos)
                 step_kwargs = dict(extra)
                 if "generator" in step_kwargs:
                     step_kwargs["generator"] = state.generator
@@ -312,9 +323,9 @@ class GuidedSampler:
         if start is None and step >= decider.latest:
             start = decider.latest  # the latest start allowed: no more probing
         if start is not None:
-            cond = cond_neg if step >= start else cond_off
-            eps_first, eps_pos = self._pass(x, scheduler, t, cond, 2)
-            return self._rescale(cfg(eps_first, eps_pos, w), eps_pos), start
+            on = step >= start
+            eps_first, eps_pos = self._pass(x, scheduler, t, cond_neg if on else cond_off, 2)
+            return self._rescale(cfg(eps_first, eps_pos, self.scale_on if on else w), eps_pos), start
         if decider.needs_negative:
             cond = self._rows([cond_off, cond_neg, cond_off], ["neg", "neg", "pos"])
             decider.before_probe(step)
@@ -330,7 +341,7 @@ class GuidedSampler:
         if decider.decide(step, signals):
             start = min(decider.latest, step + (0 if eps_neg is not None else 1) + decider.settings.delay)
             if start == step:
-                return self._rescale(cfg(eps_neg, eps_pos, w), eps_pos), start
+                return self._rescale(cfg(eps_neg, eps_pos, self.scale_on), eps_pos), start
         return self._rescale(cfg(eps_u, eps_pos, w), eps_pos), start
 
     # ---- negative_start="auto" with look-ahead rollouts --------------------------------------------
@@ -338,9 +349,10 @@ class GuidedSampler:
     def _lookahead(self, x, p: int, eps_pos: torch.Tensor, jumps: int, negative: bool = True) -> torch.Tensor:
         """The clean latent reached from the latents ``x`` of pass ``p`` with the negative on from now:
         ``jumps`` DDIM jumps (eta 0) over the remaining timesteps. The first jump reuses ``eps_pos``.
-        ``negative=False``: the same look-ahead with the negative off (a control)."""
+        ``negative=False``: the same look-ahead with the negative off (a control). The negative's
+        look-ahead guides with the scale the sample will use once it starts (``scale_on``)."""
         engine = self.engine
-        w = engine.guidance_scale
+        w = self.scale_on if negative else engine.guidance_scale
         timesteps = engine.timesteps
         cond_neg = engine._condition(self.negative_key if negative else self.off_key)
         only_neg = self._rows([cond_neg], ["neg"])
@@ -405,7 +417,7 @@ class GuidedSampler:
                         before = engine.model_evaluations
                         x = state.latents
                         eps_first, eps_pos = self._pass(x, state.scheduler, t, cond_neg if on else cond_off, 2)
-                        guided.append(self._rescale(cfg(eps_first, eps_pos, w), eps_pos))
+                        guided.append(self._rescale(cfg(eps_first, eps_pos, self.scale_on if on else w), eps_pos))
                         if probing:
                             snapshots[i][step] = (p, x, copy.deepcopy(state.scheduler), state.generator.get_state(), eps_pos)
                             while True:  # this image's search, as far as the steps sampled so far allow

@@ -416,8 +416,8 @@ class WeightedNegativeScheduleCallback(NegativeScheduleCallback):
     """
 
     def __init__(self, step_keys: Sequence[NegativeKey], conditioning: WeightedConditioning,
-                 guidance_scale: float, cfg_off: bool = False):
-        super().__init__(step_keys, {}, guidance_scale, cfg_off=cfg_off)
+                 guidance_scale: float, cfg_off: bool = False, guidance_scale_with_negative: float | None = None):
+        super().__init__(step_keys, {}, guidance_scale, cfg_off=cfg_off, guidance_scale_with_negative=guidance_scale_with_negative)
         self.conditioning = conditioning
 
     def bind(self, pipe) -> "WeightedNegativeScheduleCallback":
