@@ -105,6 +105,10 @@ def test_compare_with_auto_labels_the_step_it_chose(tmp_path):
         (["--device", "gpu"], "device"),
         (["--dtype", "float17"], "dtype"),
         (["--dtype", "int8"], "dtype"),
+        (["--negative-prompt", "g", "--negative-start", "2", "--guidance-scale-with-negative", "1"], "guidance_scale_with_negative"),
+        (["--negative-prompt", "g", "--guidance-scale-with-negative", "nan"], "guidance_scale_with_negative"),
+        (["--guidance-scale-with-negative", "9"], "guidance_scale_with_negative"),  # no negative to act with
+        (["--negative-prompt", "g", "--guidance", "perp_neg", "--guidance-scale-with-negative", "9"], "guidance_scale_with_negative"),
     ],
 )
 def test_bad_input_exit_2_one_line_no_file(tmp_path, capsys, args, argument):
@@ -348,8 +352,11 @@ def test_png_parameters_read_back_as_a1111_reads_them(tmp_path):
 def test_from_png_remakes_an_image_and_typed_flags_win(tmp_path):
     settings = ["--prompt", "a red circle and a blue square", "--negative-prompt", "blue square", "--negative-start", "3",
                 "--steps", "8", "--seed", "5", "--scheduler", "euler_a", "--guidance-scale", "6", "--clip-skip", "1",
-                "--negative-window", "moon", "0", "4"]
+                "--negative-window", "moon", "0", "4", "--guidance-scale-with-negative", "9"]
     assert main(["generate", *settings, "--out", str(tmp_path / "a.png")]) == 0
+    assert "CFG scale with negative: 9.0" in Image.open(tmp_path / "a.png").text["parameters"]
+    assert main(["generate", *settings[:-2], "--out", str(tmp_path / "plain.png")]) == 0  # the scale acts
+    assert not np.array_equal(np.asarray(Image.open(tmp_path / "a.png")), np.asarray(Image.open(tmp_path / "plain.png")))
     assert main(["generate", "--from-png", str(tmp_path / "a.png"), "--out", str(tmp_path / "b.png")]) == 0
     a, b = Image.open(tmp_path / "a.png"), Image.open(tmp_path / "b.png")
     assert np.array_equal(np.asarray(a), np.asarray(b)) and a.text["parameters"] == b.text["parameters"]
