@@ -32,6 +32,10 @@ RUNS = start_sweep_runs(NEG, range(N), N) + [
     Run(NEG, 2, cfg_off=True),  # one evaluation per step while off
     Run(f"[:{NEG}:0.5]"),  # A1111 prompt editing
     Run(NEG, 2, negative_windows=(("green", 0, 1),)),
+    # Another CFG scale where the negative acts: shares the trunk with Run(NEG, 2) until step 2, then splits.
+    Run(NEG, 2, guidance_scale_with_negative=10.0),
+    Run(NEG, 1, 3, guidance_scale_with_negative=9.0),
+    Run(NEG, 2, cfg_off=True, guidance_scale_with_negative=10.0),
 ]
 
 
@@ -65,6 +69,15 @@ def test_start_sweep_counts_shared_prefix_evaluations(tiny_sd):
     assert result.model_evaluations == 2 * (T + T * (T + 1) // 2)
     assert result.independent_evaluations == 2 * T * (T + 1)
     assert result.unet_calls == T + T * (T + 1) // 2
+
+
+def test_a_scale_with_negative_shares_the_trunk_until_the_negative_starts(tiny_sd):
+    set_scheduler(tiny_sd, "ddim")
+    T = 5
+    runs = [Run(NEG, 2), Run(NEG, 2, guidance_scale_with_negative=10.0)]
+    result = sample_runs(tiny_sd, runs, seeds=[0], prompt=PROMPT, num_inference_steps=T, output_type="latent")
+    assert result.model_evaluations == 2 * (2 + 2 * (T - 2))  # one trunk of 2 steps, then a branch each
+    assert not torch.equal(result.image(0, 0), result.image(0, 1))
 
 
 def test_multiple_images_per_prompt_and_prompt_lists(tiny_sd):
@@ -198,6 +211,8 @@ def test_pipeline_scheduler_is_left_alone(tiny_sd):
         (dict(), [Run(NEG, N + 1)], "negative_start"),
         (dict(), [Run(None, 1)], "negative_start"),
         (dict(guidance_scale=1.0), [Run(NEG, 1)], "guidance_scale"),
+        (dict(), [Run(None, guidance_scale_with_negative=9.0)], "guidance_scale_with_negative"),
+        (dict(), [Run(NEG, 1, guidance_scale_with_negative=1.0)], "guidance_scale_with_negative"),
     ],
 )
 def test_bad_input_names_the_argument(tiny_sd, kwargs, runs, argument):

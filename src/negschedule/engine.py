@@ -63,12 +63,12 @@ import torch
 
 from .conditioning import NegativeEncoder, NegativeKey, is_sdxl
 from .errors import InputError
-from .generate import ENCODE_ARGS, batch_size, call_defaults, normalize_texts, plan_encoding, plan_negatives, require_cfg
+from .generate import ENCODE_ARGS, batch_size, call_defaults, check_scale_with_negative, normalize_texts, plan_encoding, plan_negatives, require_cfg
 from .passes import step_of_passes
 
-# One step's conditioning: the per-prompt negative texts (None = off), whether CFG runs, and whether
+# One step's conditioning: the per-prompt negative texts (None = off), CFG's scale (None: CFG off), and whether
 # the texts are encoded the A1111 way (see long_prompts.py).
-StepKey = tuple  # tuple[NegativeKey, bool, bool]
+StepKey = tuple  # tuple[NegativeKey, CFG scale or None (CFG off: one evaluation), A1111-encoded: bool]
 
 # Pipeline keywords the engine reproduces; anything else is refused rather than silently ignored.
 _SUPPORTED = {
@@ -99,6 +99,7 @@ class Run:
     negative_end: int | float | None = None  # exclusive; same units; None: to the last step
     negative_windows: tuple = ()  # further schedule.NegativeWindow(prompt, start, end) or (prompt, start, end) tuples
     cfg_off: bool = False  # CFG off (one evaluation) while no negative is active
+    guidance_scale_with_negative: float | None = None  # CFG's scale where a negative acts (None: the engine's guidance_scale)
 
     def generate_kwargs(self) -> dict[str, Any]:
         """The keywords that give this run through :func:`negschedule.generate`."""
@@ -113,6 +114,8 @@ class Run:
             out["negative_windows"] = list(self.negative_windows)
         if self.cfg_off:
             out["cfg_off"] = True
+        if self.guidance_scale_with_negative is not None:
+            out["guidance_scale_with_negative"] = self.guidance_scale_with_negative
         return out
 
 
@@ -266,15 +269,20 @@ class Engine:
     # ---- planning -------------------------------------------------------------------------------
 
     def step_keys(self, run: Run) -> list[StepKey]:
-        """Per step, the conditioning ``run`` uses: validated by ``schedule.py`` before any work."""
+        """Per step, the conditioning ``run`` uses: validated by ``schedule.py`` before any work.
+
+        A key is (the negative texts, CFG's scale at that step or None where CFG is off, whether the
+        texts are A1111-encoded): runs share a branch while their keys agree, so a run with another
+        scale where its negative acts splits off there."""
         has_negative = run.negative_prompt is not None or bool(run.negative_windows)
+        scale_on = check_scale_with_negative(run.guidance_scale_with_negative)
         if not has_negative:
-            if run.negative_start is not None or run.negative_end is not None:
-                name = "negative_start" if run.negative_start is not None else "negative_end"
-                raise InputError(name, getattr(run, name), "needs a negative_prompt to time")
+            if run.negative_start is not None or run.negative_end is not None or scale_on is not None:
+                name = next(n for n in ("negative_start", "negative_end", "guidance_scale_with_negative") if getattr(run, n) is not None)
+                raise InputError(name, getattr(run, name), "needs a negative_prompt to act with")
             keys = [tuple([None] * self.batch)] * self.steps
             weighted = self._mode(keys)
-            return [(key, True, weighted) for key in keys]
+            return [(key, self.guidance_scale, weighted) for key in keys]
         require_cfg(self.guidance_scale)
         from .noise_levels import resolve_noise_levels
 
@@ -286,7 +294,14 @@ class Engine:
         weighted = self._mode(keys)
         if not weighted:
             _, keys = plan_encoding(self.pipe, dict(self._text_kwargs), keys)
-        return [(key, not (run.cfg_off and all(t is None for t in key)), weighted) for key in keys]
+
+        def scale(key: NegativeKey) -> float | None:
+            off = all(t is None for t in key)
+            if off and run.cfg_off:
+                return None
+            return scale_on if scale_on is not None and not off else self.guidance_scale
+
+        return [(key, scale(key), weighted) for key in keys]
 
     def _mode(self, keys: list[NegativeKey]) -> bool:
         """Whether generate() would encode a run with these step keys the A1111 way."""
@@ -305,8 +320,8 @@ class Engine:
         shared = independent = 0
         for p, step in enumerate(self.pass_steps):
             distinct = {tuple(k[: step + 1]) for k in keys}
-            shared += sum(2 if prefix[-1][1] else 1 for prefix in distinct)
-            independent += sum(2 if k[step][1] else 1 for k in keys)
+            shared += sum(1 if prefix[-1][1] is None else 2 for prefix in distinct)
+            independent += sum(1 if k[step][1] is None else 2 for k in keys)
         return shared * per_latent * len(seeds), independent * per_latent * len(seeds)
 
     # ---- conditioning ---------------------------------------------------------------------------
@@ -349,12 +364,12 @@ class Engine:
         """The UNet's conditioning for one branch pass, built as the stock pipeline builds it."""
         if key in self._conditioning:
             return self._conditioning[key]
-        negative_key, cfg, weighted = key
+        negative_key, scale, weighted = key
         pos = self._positive_embeds(weighted, negative_key)
         rows = self.batch * self.num_images_per_prompt
         device = self.device
         out: dict[str, torch.Tensor] = {}
-        if cfg:
+        if scale is not None:
             neg = self._weighted.negative(negative_key) if weighted else self._encoder(negative_key)
             out["encoder_hidden_states"] = torch.cat([neg.prompt_embeds.to(pos["embeds"]), pos["embeds"]]).to(device)
             if self.sdxl:
@@ -478,15 +493,15 @@ class Engine:
 
     def _model_input(self, branch: _Branch, key: StepKey, t) -> torch.Tensor:
         latents = branch.state.latents
-        model_input = torch.cat([latents] * 2) if key[1] else latents
+        model_input = latents if key[1] is None else torch.cat([latents] * 2)
         return branch.state.scheduler.scale_model_input(model_input, t)
 
-    def _guide(self, noise_pred: torch.Tensor, cfg: bool) -> torch.Tensor:
-        """The stock pipeline's CFG combination (and guidance rescale), written as it writes it."""
-        if not cfg:
+    def _guide(self, noise_pred: torch.Tensor, scale: float | None) -> torch.Tensor:
+        """The stock pipeline's CFG combination (and guidance rescale), written as it writes it; None: CFG off."""
+        if scale is None:
             return noise_pred
         noise_pred_uncond, noise_pred_text = noise_pred.chunk(2)
-        guided = noise_pred_uncond + self.guidance_scale * (noise_pred_text - noise_pred_uncond)
+        guided = noise_pred_uncond + scale * (noise_pred_text - noise_pred_uncond)
         if self.guidance_rescale > 0.0:
             from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import rescale_noise_cfg
 

@@ -90,7 +90,7 @@ def prompt_set(cfg: BenchConfig) -> list[dict[str, Any]]:
 
 
 def methods(cfg: BenchConfig) -> dict[str, Any]:
-    """The non-sweep methods: name -> (guidance, negative_start, AutoStart or None)."""
+    """The non-sweep methods: name -> (guidance, negative_start, AutoStart or None[, further sample_guided keywords])."""
     from ..auto import AutoStart, Signal
     from ..guidance import Guidance, GuidanceRule
 
@@ -126,6 +126,13 @@ def methods(cfg: BenchConfig) -> dict[str, Any]:
         # Removal first: one look-ahead from step 0, then 0 or the latest start 0.3 (docs/guidance.md, "A removal-first gate").
         out["auto[rollout gate, latest 0.3, per prompt]"] = (
             None, "auto", AutoStart(signal=Signal.ROLLOUT, choice="gate", per_prompt=True, max_start=min(0.3, cfg.max_start)))
+        # A stronger negative once it starts (guidance_scale_with_negative; docs/guidance.md, "A stronger
+        # negative from a later start"): the default auto, whose look-ahead previews that scale, and a fixed start.
+        for scale in (10.0, 12.5):
+            out[f"auto[scale {scale:g} with the negative]"] = (
+                None, "auto", AutoStart(max_start=cfg.max_start), {"guidance_scale_with_negative": scale})
+        k = int(0.2 * cfg.steps)
+        out[f"start {k}, scale 10 with the negative"] = (None, k, None, {"guidance_scale_with_negative": 10.0})
     if cfg.only:
         unknown = [name for name in cfg.only if name not in out]
         if unknown:
@@ -222,8 +229,9 @@ def _bench_prompt(pipe, cfg: BenchConfig, row: dict[str, Any], todo: dict[str, A
     record = {**row, "oracle": oracle, "image_oracles": [best_start(absent[s], ssims[s]) for s in cfg.seeds], "auto_starts": {},
               "sweep_absent": mean_absent, "sweep_ssim": mean_ssim}
     shown = {}
-    for name, (guidance, start, auto) in todo.items():
-        res = sample_guided(pipe, guidance, cfg.seeds, negative_prompt=row["negative"], negative_start=start, auto=auto, prompt=row["prompt"], **common)
+    for name, (guidance, start, auto, *further) in todo.items():
+        res = sample_guided(pipe, guidance, cfg.seeds, negative_prompt=row["negative"], negative_start=start, auto=auto, prompt=row["prompt"],
+                            **common, **(further[0] if further else {}))
         for s in cfg.seeds:
             image = res.images[s][0]
             cell = {**_measure(image, baselines[s], base_objects[s], row), "evaluations": res.evaluations_per_seed[s], "start": res.starts.get(s)}
