@@ -182,6 +182,7 @@ def test_rerun_in_same_folder_with_other_settings_is_refused(tiny_sd, tmp_path):
         (dict(num_images_per_prompt=2), "num_images_per_prompt"),
         (dict(batching="fast"), "batching"),
         (dict(not_an_argument=1), "not_an_argument"),
+        (dict(guidance_scale_with_negative=0.5), "guidance_scale_with_negative"),
     ],
 )
 def test_bad_input_names_the_argument(tiny_sd, kwargs, argument):
@@ -334,6 +335,30 @@ def test_cfg_off_columns_equal_generate_with_cfg_off(tiny_sd):
     # No prefix is shared: the no-negative column runs CFG from step 0 (2T), start 0 the negative from
     # step 0 (2T), start 2 two CFG-off steps (1 evaluation each) and then T - 2 CFG steps.
     assert result.model_evaluations == 2 * T + 2 * T + (2 * 1 + 2 * (T - 2))
+
+
+def test_scale_with_negative_columns_equal_generate(tiny_sd):
+    set_scheduler(tiny_sd, "dpmpp_2m")
+    result = sweep(tiny_sd, prompt=PROMPT, negative_prompt=NEG, starts=[0, 2], seeds=[0], num_inference_steps=T,
+                   guidance_scale_with_negative=10.0)
+    for start in (0, 2):
+        expected = generate(tiny_sd, prompt=PROMPT, negative_prompt=NEG, negative_start=start, guidance_scale_with_negative=10.0,
+                            num_inference_steps=T, generator=torch.Generator().manual_seed(0)).images[0]
+        assert np.array_equal(pixels(result.image(0, start)), pixels(expected)), start
+    stock = generate(tiny_sd, prompt=PROMPT, num_inference_steps=T, generator=torch.Generator().manual_seed(0)).images[0]
+    assert np.array_equal(pixels(result.image(0, None)), pixels(stock))  # the no-negative column keeps guidance_scale
+    assert result.model_evaluations == 2 * (T + T + (T - 2))  # the trunk is still shared
+
+
+def test_sweep_folders_made_before_the_scale_setting_still_resume(tiny_sd, tmp_path):
+    set_scheduler(tiny_sd, "ddim")
+    kw = dict(prompt=PROMPT, negative_prompt=NEG, starts=[1], seeds=[0], num_inference_steps=T, out=tmp_path)
+    sweep(tiny_sd, **kw)
+    assert "guidance_scale_with_negative" not in (tmp_path / "settings.json").read_text()  # as an older folder has it
+    assert sweep(tiny_sd, **kw).computed_units == []
+    with pytest.raises(InputError) as err:  # another scale is another experiment
+        sweep(tiny_sd, guidance_scale_with_negative=9.0, **kw)
+    assert err.value.argument == "out"
 
 
 def test_sdxl_sweep(tiny_sdxl, tmp_path):

@@ -83,6 +83,9 @@ def add_sweep_flags(p: argparse.ArgumentParser) -> None:
                    help="a column with the negative acting in [START, END) (repeatable)")
     p.add_argument("--seeds", default="0", help="0,1,2 or 0:8")
     p.add_argument("--cfg-off", action="store_true", help="no CFG while a column's negative is off (one model evaluation)")
+    p.add_argument("--guidance-scale-with-negative", "--cfg-scale-with-negative", type=float, default=None,
+                   dest="guidance_scale_with_negative",
+                   help="CFG's scale at the steps where a column's negative acts (default: --guidance-scale)")
     p.add_argument("--concept", default=None, help="what the detector looks for, e.g. 'red circle'")
     p.add_argument("--detector", default="toy", choices=["toy", "clip"])
     p.add_argument("--clip-model", default=None, help="a local CLIPModel folder (with its tokenizer) for --detector clip")
@@ -139,6 +142,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         num_inference_steps=args.steps,
         guidance_scale=args.guidance_scale,
         cfg_off=args.cfg_off,
+        guidance_scale_with_negative=args.guidance_scale_with_negative,
         concept=args.concept,
         detector=args.detector,
         batching=args.batching,

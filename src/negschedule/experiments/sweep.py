@@ -20,6 +20,7 @@ from typing import Any, Iterable, Sequence
 
 from ..engine import Batching, Engine, EngineConfig, Run, guidance_kwargs
 from ..errors import InputError
+from ..generate import check_scale_with_negative
 from . import metrics
 from .store import ResultStore
 
@@ -38,6 +39,7 @@ class SweepConfig:
     num_inference_steps: int = 20  # T
     guidance_scale: float | None = None  # None: the pipeline's own default, as generate() uses
     cfg_off: bool = False  # columns run without CFG while their negative is off (A1111's "Skip Early CFG")
+    guidance_scale_with_negative: float | None = None  # CFG's scale where a column's negative acts (None: guidance_scale)
     concept: str | None = None  # what the detector looks for; None: no removal metrics
     detector: str = "toy"  # "toy" (exact, toy world) or "clip" (give the CLIP model to sweep())
     batching: str = "per_branch"  # engine.Batching: per_branch | calibrated (both bit-exact) | all (~1e-6)
@@ -49,8 +51,9 @@ class SweepConfig:
     def runs(self) -> list[Run]:
         # The first column is always the stock no-negative image (CFG with the empty prompt).
         runs = [Run()]
-        runs += [Run(self.negative_prompt, int(k), cfg_off=self.cfg_off) for k in self.starts]
-        runs += [Run(self.negative_prompt, int(s), int(e), cfg_off=self.cfg_off) for s, e in self.windows]
+        timing = dict(cfg_off=self.cfg_off, guidance_scale_with_negative=self.guidance_scale_with_negative)
+        runs += [Run(self.negative_prompt, int(k), **timing) for k in self.starts]
+        runs += [Run(self.negative_prompt, int(s), int(e), **timing) for s, e in self.windows]
         return runs
 
     def units(self) -> list[tuple[int, int]]:
@@ -77,6 +80,7 @@ class SweepConfig:
                 raise InputError("windows", w, f"a window is [start, end) with 0 <= start < end <= {T}")
         if not self.starts and not self.windows:
             raise InputError("starts", [], "give starts or windows to sweep")
+        check_scale_with_negative(self.guidance_scale_with_negative)
         if self.batching not in {b.value for b in Batching}:
             raise InputError("batching", self.batching, f"choose one of {', '.join(b.value for b in Batching)}")
         if self.pipeline.get("num_images_per_prompt", 1) != 1:
@@ -156,6 +160,8 @@ class SweepResult:
 
 def settings_of(config: SweepConfig) -> dict[str, Any]:
     settings = asdict(config)
+    if settings["guidance_scale_with_negative"] is None:
+        del settings["guidance_scale_with_negative"]  # unset, a folder swept before the setting existed still resumes
     settings["prompts"] = list(config.prompts)
     settings["seeds"] = list(config.seeds)
     settings["starts"] = list(config.starts)
@@ -323,6 +329,7 @@ def sweep(
     windows: Iterable[tuple[int, int]] = (),
     guidance_scale: float | None = None,
     cfg_off: bool = False,
+    guidance_scale_with_negative: float | None = None,
     concept: str | None = None,
     detector: str = "toy",
     out: str | os.PathLike | None = None,
@@ -335,7 +342,8 @@ def sweep(
 
     ``starts`` defaults to every step ``range(num_inference_steps)`` (unless ``windows`` are given);
     ``windows`` add columns with the negative acting in ``[s, e)``. ``cfg_off``: those columns run
-    without CFG while their negative is off (the first column stays the stock no-negative image).
+    without CFG while their negative is off (the first column stays the stock no-negative image);
+    ``guidance_scale_with_negative``: CFG's scale at the steps where a column's negative acts.
     ``concept`` turns on removal
     and reverse-activation metrics through ``detector`` ("toy", or "clip" with
     ``clip=dict(model=CLIPModel, tokenizer=...)``). ``out``: a folder to store every image and
@@ -358,6 +366,7 @@ def sweep(
         num_inference_steps=num_inference_steps,
         guidance_scale=None if guidance_scale is None else float(guidance_scale),
         cfg_off=bool(cfg_off),
+        guidance_scale_with_negative=guidance_scale_with_negative,
         concept=concept,
         detector=detector,
         batching=batching.value if isinstance(batching, Batching) else batching,
