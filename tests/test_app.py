@@ -25,6 +25,7 @@ CORE = dict(
     guidance_scale=7.5,
     seed=1,
     start_rule=app.SLIDER_START,
+    guidance_scale_with_negative=None,  # the page's empty field
 )
 
 
@@ -290,11 +291,31 @@ def test_parse_seeds_refuses(text):
         (dict(negative_start=9), "negative_start"),
         (dict(guidance_scale=1.0), "guidance_scale"),
         (dict(negative_prompt="[blue square"), "negative_prompt"),
+        (dict(guidance_scale_with_negative=1.0), "guidance_scale_with_negative"),
+        (dict(guidance_scale_with_negative="strong"), "guidance_scale_with_negative"),
+        (dict(guidance_scale_with_negative=float("inf")), "guidance_scale_with_negative"),
     ],
 )
 def test_bad_input_is_refused_with_its_name(ui, changes, argument):
     with pytest.raises(InputError, match=argument):
         ui.generate(*core(**changes), False)
+
+
+def test_scale_with_negative_through_the_page_is_the_library_call(ui, pipe):
+    image, _, status = ui.generate(*core(guidance_scale_with_negative=11), False)
+    assert np.array_equal(np.asarray(image), library_image(pipe, negative_prompt="blue square", negative_start=2,
+                                                           guidance_scale_with_negative=11.0))
+    assert "CFG scale with negative: 11.0" in image.info["parameters"]
+    assert "steps 2-3: 'blue square' at CFG 11" in status
+    _, images, _, _ = ui.compare(*core(guidance_scale_with_negative=11), False)
+    assert np.array_equal(np.asarray(images[0][0]), library_image(pipe))  # no negative: no scale to change
+    assert np.array_equal(np.asarray(images[1][0]), library_image(pipe, negative_prompt="blue square", negative_start=0,
+                                                                  guidance_scale_with_negative=11.0))
+    # Without a negative the field is ignored, as the sliders are.
+    plain, _, _ = ui.generate(*core(negative_prompt="", guidance_scale_with_negative=11), False)
+    assert np.array_equal(np.asarray(plain), library_image(pipe))
+    with pytest.raises(InputError, match="guidance_scale_with_negative"):
+        ui.heatmaps(*core(guidance_scale_with_negative=11), "circle", "")
 
 
 def test_compare_and_sweep_need_a_negative(ui):

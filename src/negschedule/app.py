@@ -168,6 +168,7 @@ class PageSettings:
     auto_signal: str | None = None  # with negative_start "auto": what it watches (an auto.Signal value)
     auto_start: int | None = None  # with negative_start "auto": the step it chose (filled in by sampling)
     auto_choice: str | None = None  # with the rollout signal: its search's rule (an AutoStart.choice; None = the default)
+    guidance_scale_with_negative: float | None = None  # CFG's scale where the negative acts (None: guidance_scale)
 
     @property
     def is_auto(self) -> bool:
@@ -195,6 +196,7 @@ class PageSettings:
             cfg_off=self.cfg_off,
             steps=self.steps,
             guidance_scale=self.guidance_scale,
+            guidance_scale_with_negative=self.guidance_scale_with_negative,
             seed=self.seed,
             scheduler=self.scheduler,
             model=None if self.model == DEFAULT_MODEL else self.model,
@@ -208,7 +210,7 @@ class PageSettings:
         if not timing:
             return self
         if timing.get("negative_prompt", self.negative_prompt) is None:
-            timing = {**timing, "negative_start": None, "negative_end": None}
+            timing = {**timing, "negative_start": None, "negative_end": None, "guidance_scale_with_negative": None}
         return replace(self, **timing, auto_signal=None, auto_start=None, auto_choice=None)
 
     def negative_start_argument(self):
@@ -261,13 +263,15 @@ def page_settings(
     guidance_scale: Any,
     seed: Any,
     start_rule: Any = SLIDER_START,
+    guidance_scale_with_negative: Any = None,
 ) -> PageSettings:
     """Check the core options; an empty negative prompt means none (and the sliders are then ignored).
 
     ``start_rule``: ``SLIDER_START`` (the start slider's step), "auto" (the start is decided while
     sampling by the model's best rule, ``AutoStart``'s default signal) or an ``auto.Signal`` value
     (decided watching that signal; the slider is then ignored), optionally followed by ":" and an
-    ``AutoStart.choice`` ("rollout:verified").
+    ``AutoStart.choice`` ("rollout:verified"). ``guidance_scale_with_negative``: CFG's scale where the
+    negative acts (empty: the guidance scale there too).
     """
     from .schedulers import check_scheduler_name
 
@@ -291,6 +295,15 @@ def page_settings(
     if start_rule not in rules:
         raise InputError("start_rule", start_rule, f"choose one of {', '.join(rules)}")
     negative = negative_prompt if isinstance(negative_prompt, str) and negative_prompt.strip() else None
+    scale_on = None
+    if negative is not None and guidance_scale_with_negative not in (None, ""):
+        from .generate import check_scale_with_negative
+
+        try:
+            value = float(guidance_scale_with_negative)
+        except (TypeError, ValueError):
+            raise InputError("guidance_scale_with_negative", guidance_scale_with_negative, "must be a number") from None
+        scale_on = check_scale_with_negative(value)
     start = end = signal = choice = None
     if negative is not None:
         if start_rule == SLIDER_START:
@@ -315,6 +328,7 @@ def page_settings(
         seed=seed_n,
         auto_signal=signal,
         auto_choice=choice,
+        guidance_scale_with_negative=scale_on,
     )
     if settings.is_auto:
         settings.negative_start_argument()  # a signal that cannot read this negative fails before loading
@@ -338,7 +352,8 @@ def step_plan(s: PageSettings) -> str:
         if step == s.steps or keys[step] != keys[first]:
             text = keys[first][0]
             span = f"step {first}" if step - 1 == first else f"steps {first}-{step - 1}"
-            parts.append(f"{span}: {off if text is None else repr(text)}")
+            scale = "" if text is None or s.guidance_scale_with_negative is None else f" at CFG {s.guidance_scale_with_negative:g}"
+            parts.append(f"{span}: {off if text is None else repr(text) + scale}")
             first = step
     return " · ".join(parts)
 
@@ -516,11 +531,12 @@ class UI:
             cfg_off=s.cfg_off,
             num_inference_steps=s.steps,
             guidance_scale=s.guidance_scale,
+            guidance_scale_with_negative=s.guidance_scale_with_negative,
             generator=torch.Generator().manual_seed(s.seed),
         )
         kwargs.update(timing)
         if kwargs["negative_prompt"] is None:
-            kwargs.update(negative_start=None, negative_end=None)
+            kwargs.update(negative_start=None, negative_end=None, guidance_scale_with_negative=None)
         steps_latents: dict[int, Any] = {}  # by step: auto's look-ahead may go back and run steps again
         pass_steps = _pass_steps(pipe, s.steps)
 
@@ -675,7 +691,7 @@ class UI:
 
         result = sample_guided(pipe, "cfg", seeds, negative_prompt=s.negative_prompt, negative_start="auto", auto=auto,
                                negative_end=s.negative_end, prompt=s.prompt, num_inference_steps=s.steps, guidance_scale=s.guidance_scale,
-                               output_type="pil", callback_on_step_end=on_pass)
+                               guidance_scale_with_negative=s.guidance_scale_with_negative, output_type="pil", callback_on_step_end=on_pass)
         return result.starts[seeds[0]], {seed: result.images[seed][0] for seed in seeds}
 
     def _generate_sweep(self, pipe, s: PageSettings, starts, seeds, progress: Progress) -> dict[int, list]:
@@ -705,6 +721,7 @@ class UI:
             seeds=seeds,
             num_inference_steps=s.steps,
             guidance_scale=s.guidance_scale,
+            guidance_scale_with_negative=s.guidance_scale_with_negative,
             progress=True,  # a tqdm bar, which the page's progress follows
         )
         cells: dict[int, list] = {}
@@ -734,6 +751,9 @@ class UI:
             raise InputError("tokens", words_text, "name at least one word of the prompt or the negative prompt")
         if s.cfg_off:
             raise InputError("cfg_off", True, "the attention maps are taken with CFG kept on; untick 'CFG off'")
+        if s.guidance_scale_with_negative is not None:
+            raise InputError("guidance_scale_with_negative", s.guidance_scale_with_negative,
+                             "the attention maps are taken at one guidance scale; clear 'guidance scale with the negative'")
         attention_maps, render_strip = experiment("attention_maps"), experiment("render_strip")
         if attention_maps is None or render_strip is None:
             return None, _missing("negschedule.attention.attention_maps")
@@ -775,6 +795,9 @@ class UI:
             raise InputError("negative_prompt", None, "the removal curve needs a negative prompt")
         if s.cfg_off:
             raise InputError("cfg_off", True, "the removal curve keeps CFG on; untick 'CFG off'")
+        if s.guidance_scale_with_negative is not None:
+            raise InputError("guidance_scale_with_negative", s.guidance_scale_with_negative,
+                             "the removal curve runs at one guidance scale; clear 'guidance scale with the negative'")
         concept = (concept or "").strip() or s.negative_prompt
         seeds = parse_seeds(seeds_text, limit=16)  # each seed is up to a full search of windows
         curve, plot = experiment("removal_curve"), experiment("removal_plot")
@@ -889,9 +912,11 @@ def build_app(ui: UI):
         with gr.Row():
             steps = gr.Slider(1, MAX_STEPS, value=default_steps, step=1, label="steps N", elem_id="ns-steps")
             cfg = gr.Slider(1, 20, value=7.5, step=0.5, label="guidance scale", elem_id="ns-cfg")
+            cfg_negative = gr.Number(value=None, label="guidance scale with the negative (empty: the same)", elem_id="ns-cfg-negative",
+                                     info="a later start with a stronger negative keeps more of the picture")
             seed = gr.Number(value=1, precision=0, label="seed", elem_id="ns-seed")
             cfg_off = gr.Checkbox(False, label="CFG off while the negative is off")
-        core = [model, scheduler, prompt, negative, start, end, cfg_off, steps, cfg, seed, start_rule]
+        core = [model, scheduler, prompt, negative, start, end, cfg_off, steps, cfg, seed, start_rule, cfg_negative]
         # With an auto start the slider's step is not used: say so by greying it out.
         start_rule.change(lambda rule: gr.update(interactive=rule == SLIDER_START), start_rule, start, queue=False)
 
