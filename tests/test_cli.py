@@ -56,6 +56,21 @@ def test_compare_is_three_labelled_tiles_and_matches_generate(tmp_path):
     assert np.array_equal(np.asarray(third.resize(single.size, Image.NEAREST)), np.asarray(single))
 
 
+def test_compare_with_a_scale_with_negative(tmp_path):
+    common = ["--prompt", "a cat", "--negative-prompt", "dog", "--steps", "3", "--seed", "7", "--guidance-scale-with-negative", "11"]
+    assert main(["compare", *common, "--negative-start", "1", "--out", str(tmp_path / "cmp.png")]) == 0
+    assert main(["generate", *common, "--negative-start", "1", "--out", str(tmp_path / "k.png")]) == 0
+    assert main(["generate", "--prompt", "a cat", "--steps", "3", "--seed", "7", "--out", str(tmp_path / "none.png")]) == 0
+    row, params = Image.open(tmp_path / "cmp.png").convert("RGB"), Image.open(tmp_path / "cmp.png").text["parameters"]
+    assert "Comparison: no negative | negative from step 0 at CFG 11 | negative from step 1 at CFG 11" in params
+    tile = row.width // 3
+    for index, name in ((0, "none.png"), (2, "k.png")):  # the first tile has no negative, so no scale to change
+        single = Image.open(tmp_path / name).convert("RGB")
+        factor = tile // single.width
+        crop = row.crop((index * tile, row.height - single.height * factor, (index + 1) * tile, row.height))
+        assert np.array_equal(np.asarray(crop.resize(single.size, Image.NEAREST)), np.asarray(single)), name
+
+
 def test_compare_with_auto_labels_the_step_it_chose(tmp_path):
     common = ["--prompt", "a cat", "--negative-prompt", "dog", "--steps", "4", "--seed", "7", "--negative-start", "auto", "--auto-signal", "alignment"]
     assert main(["compare", *common, "--out", str(tmp_path / "cmp.png")]) == 0

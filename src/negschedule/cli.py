@@ -435,6 +435,8 @@ def _generate(pipe, s: RunSettings, **timing: Any):
         if s.width:
             kwargs["width"] = s.width
     kwargs.update(timing)
+    if kwargs["negative_prompt"] is None and not kwargs["negative_windows"]:
+        kwargs["guidance_scale_with_negative"] = None  # no negative, nothing to scale (compare's first image)
     if s.clip_skip is not None:
         kwargs["clip_skip"] = s.clip_skip
     if kwargs["negative_prompt_2"] is None:
@@ -530,6 +532,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     else:
         third = f"negative from step {resolve_step(s.negative_start, s.steps, 'negative_start')}"
     labels = ["no negative", "negative from step 0", third]
+    if s.guidance_scale_with_negative is not None:
+        labels[1:] = [f"{label} at CFG {s.guidance_scale_with_negative:g}" for label in labels[1:]]
     save_png(labelled_row(images, labels), out, png_parameters(pipe, s, Comparison=" | ".join(labels)))
     print(out)
     return 0
