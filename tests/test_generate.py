@@ -744,3 +744,33 @@ def test_animatediff_repeats_the_timed_negative_per_frame(negative):
         swap = lambda p, i, t, kw: {"prompt_embeds": held["embeds"]} if i == 2 else {}  # noqa: E731
         out = pipe(generator=torch.Generator().manual_seed(1), callback_on_step_end=swap, **call)
         assert torch.equal(got, out.frames)
+
+
+def test_pipelines_whose_loop_keeps_its_own_scale_are_found():
+    import diffusers
+
+    from negschedule.callbacks import reads_scale_every_pass
+
+    for name in ("StableDiffusionPipeline", "StableDiffusionXLPipeline", "StableDiffusionImg2ImgPipeline",
+                 "StableDiffusionInpaintPipeline", "StableDiffusionControlNetPipeline", "StableDiffusionPAGPipeline"):
+        assert reads_scale_every_pass(getattr(diffusers, name)), name
+    for name in ("StableDiffusionControlNetImg2ImgPipeline", "StableDiffusionControlNetInpaintPipeline"):
+        assert not reads_scale_every_pass(getattr(diffusers, name)), name
+
+
+def test_scale_with_negative_refused_where_the_loop_keeps_its_own_scale(tiny_sd, tiny_sdxl):
+    from diffusers import StableDiffusionControlNetImg2ImgPipeline
+
+    text_pipe, run = _controlnet("sd", tiny_sd, tiny_sdxl)
+    pipe = StableDiffusionControlNetImg2ImgPipeline(**text_pipe.components)
+    pipe.set_progress_bar_config(disable=True)
+    picture = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    call = dict(prompt=PROMPT, image=picture, control_image=run["image"], height=32, width=32, strength=1.0,
+                num_inference_steps=N, negative_prompt=NEG, output_type="latent")
+    with pytest.raises(InputError) as err:
+        generate(pipe, negative_start=2, guidance_scale_with_negative=10.0, **call)
+    assert err.value.argument == "guidance_scale_with_negative" and "StableDiffusionControlNetImg2ImgPipeline" in str(err.value)
+    # A negative on every step never changes the scale: the call simply runs at it.
+    expected = pipe(guidance_scale=10.0, generator=torch.Generator().manual_seed(0), **call).images
+    got = generate(pipe, negative_start=0, guidance_scale_with_negative=10.0, generator=torch.Generator().manual_seed(0), **call).images
+    assert torch.equal(got, expected)

@@ -28,6 +28,21 @@ from .errors import InputError
 from .passes import step_of_passes
 
 
+def reads_scale_every_pass(pipe) -> bool:
+    """Whether ``pipe``'s loop reads its guidance scale from the pipeline at every pass (``self.guidance_scale``),
+    so that a callback can change it mid-run. A few stock loops (the ControlNet img2img and inpainting
+    ones, ControlNet-Union SDXL) combine CFG with the ``guidance_scale`` argument's local copy instead:
+    on those the scale cannot change where the negative starts."""
+    import inspect
+    import re
+
+    try:
+        source = inspect.getsource((pipe if isinstance(pipe, type) else type(pipe)).__call__)
+    except (OSError, TypeError):  # no source to read (a compiled or dynamic class): trust the stock layout
+        return True
+    return re.search(r"(?<![.\w])guidance_scale\s*\*\s*\(", source) is None
+
+
 class NegativeScheduleCallback(PipelineCallback):
     """Swap the negative conditioning per step, following ``step_keys`` (one key per step).
 
@@ -78,11 +93,10 @@ class NegativeScheduleCallback(PipelineCallback):
 
         ``pipe(prompt=p, num_inference_steps=30, **cb.pipeline_kwargs(pipe))`` then runs the timed negative.
         """
-        from .generate import batch_size, plan_negatives, require_cfg
+        from .generate import batch_size, check_scale_with_negative, plan_negatives, require_cfg
 
         require_cfg(guidance_scale)
-        if guidance_scale_with_negative is not None:
-            require_cfg(guidance_scale_with_negative, "guidance_scale_with_negative")
+        guidance_scale_with_negative = check_scale_with_negative(guidance_scale_with_negative)
         keys = plan_negatives(
             negative_prompt, num_inference_steps, batch_size(prompt, None), negative_start, negative_end
         )

@@ -326,9 +326,9 @@ def _check_before_loading(s: RunSettings) -> None:
         check_scale_with_negative(s.guidance_scale_with_negative)
         if not has_negative:
             raise InputError("guidance_scale_with_negative", s.guidance_scale_with_negative, "needs a --negative-prompt to act with")
-        if s.guidance not in ("cfg", "timed"):
-            raise InputError("guidance_scale_with_negative", s.guidance_scale_with_negative, f"scales CFG's negative; not combined with --guidance {s.guidance}")
-    _guidance(s)  # an unknown rule name fails here
+    rule = _guidance(s).rule  # an unknown rule name fails here
+    if s.guidance_scale_with_negative is not None and rule.value not in ("cfg", "timed"):
+        raise InputError("guidance_scale_with_negative", s.guidance_scale_with_negative, f"scales CFG's negative; not combined with --guidance {rule.value}")
     if s.negative_prompt_2 is not None:
         pipeline_class = _pipeline_class(s.model)
         if pipeline_class is not None and "XL" not in pipeline_class:

@@ -279,7 +279,7 @@ class Engine:
         if not has_negative:
             if run.negative_start is not None or run.negative_end is not None or scale_on is not None:
                 name = next(n for n in ("negative_start", "negative_end", "guidance_scale_with_negative") if getattr(run, n) is not None)
-                raise InputError(name, getattr(run, name), "needs a negative_prompt to act with")
+                raise InputError(name, getattr(run, name), "needs a negative_prompt to " + ("act with" if name == "guidance_scale_with_negative" else "time"))
             keys = [tuple([None] * self.batch)] * self.steps
             weighted = self._mode(keys)
             return [(key, self.guidance_scale, weighted) for key in keys]

@@ -323,6 +323,14 @@ def generate(
     lora_scale = (kwargs.get("cross_attention_kwargs") or {}).get("scale")
     if lora_scale is not None:
         encode_kwargs["lora_scale"] = lora_scale
+    if guidance_scale_with_negative is not None and guidance_scale_with_negative != guidance_scale:
+        from .callbacks import reads_scale_every_pass
+
+        changes = any(all(t is None for t in k) for k in step_keys) and any(any(t is not None for t in k) for k in step_keys)
+        if changes and not reads_scale_every_pass(pipe):
+            raise InputError("guidance_scale_with_negative", guidance_scale_with_negative,
+                             f"{type(pipe).__name__} combines CFG with the scale it was called with, so the scale cannot "
+                             f"change where the negative starts or ends (a negative on every step works)")
     if weighted is None:
         callback = NegativeScheduleCallback(step_keys, encode_kwargs, guidance_scale, cfg_off=cfg_off,
                                             guidance_scale_with_negative=guidance_scale_with_negative).bind(pipe)
