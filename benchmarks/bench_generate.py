@@ -41,7 +41,7 @@ def main() -> None:
     parser.add_argument("--output-type", default="pil", help="'latent' leaves the VAE out of both timings")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, ...")
     parser.add_argument("--dtype", default=None, help="e.g. float16 (default: as the model is stored)")
-    parser.add_argument("--also", action="append", default=[], choices=["auto", "perp_neg", "negative_scale"],
+    parser.add_argument("--also", action="append", default=[], choices=["auto", "perp_neg", "negative_scale", "scale_with_negative"],
                         help="further rows, run in the engine (repeatable)")
     args = parser.parse_args()
 
@@ -59,6 +59,8 @@ def main() -> None:
     for name in args.also:
         if name == "auto":
             rows[name] = lambda: ours(negative_start="auto")
+        elif name == "scale_with_negative":  # the stock path with the scale changed where the negative starts
+            rows[name] = lambda: ours(guidance_scale_with_negative=12.5)
         else:
             rows[name] = lambda rule=GuidanceRule.parse(name): ours(guidance=Guidance(rule), negative_start=0)
 
