@@ -248,7 +248,7 @@ def call_api(page, base: str, endpoint: str, data: list) -> str:
 
 
 def test_the_api_behind_the_page_refuses_paths_too(page, server):
-    core = ["a red circle", "blue square", 2, 4, False, 4, 7.5, 1, "slider"]  # ..., seed, the start menu
+    core = ["a red circle", "blue square", 2, 4, False, 4, 7.5, 1, "slider", None]  # ..., seed, the start menu, the scale with the negative
     for model in ("../../etc", "/etc", "/tmp"):
         events = call_api(page, server[0], "generate_and_keep", [model, "model's own", *core, False])
         assert "event: error" in events and "event: complete" not in events, model

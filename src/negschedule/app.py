@@ -296,7 +296,8 @@ def page_settings(
         raise InputError("start_rule", start_rule, f"choose one of {', '.join(rules)}")
     negative = negative_prompt if isinstance(negative_prompt, str) and negative_prompt.strip() else None
     scale_on = None
-    if negative is not None and guidance_scale_with_negative not in (None, ""):
+    # The page's empty number field may arrive as None, "" or 0 (gradio's Number): all mean "the same scale".
+    if negative is not None and guidance_scale_with_negative not in (None, "", 0):
         from .generate import check_scale_with_negative
 
         try:
@@ -912,7 +913,7 @@ def build_app(ui: UI):
         with gr.Row():
             steps = gr.Slider(1, MAX_STEPS, value=default_steps, step=1, label="steps N", elem_id="ns-steps")
             cfg = gr.Slider(1, 20, value=7.5, step=0.5, label="guidance scale", elem_id="ns-cfg")
-            cfg_negative = gr.Number(value=None, label="guidance scale with the negative (empty: the same)", elem_id="ns-cfg-negative",
+            cfg_negative = gr.Number(value=None, label="guidance scale with the negative (empty or 0: the same)", elem_id="ns-cfg-negative",
                                      info="a later start with a stronger negative keeps more of the picture")
             seed = gr.Number(value=1, precision=0, label="seed", elem_id="ns-seed")
             cfg_off = gr.Checkbox(False, label="CFG off while the negative is off")
