@@ -204,6 +204,17 @@ def test_bad_input_names_the_argument(tiny_sd, kwargs, argument):
     assert err.value.argument == argument
 
 
+def test_step_scale_per_key():
+    """CFG's scale at a step: the one rule the callback, the engine and generate()'s mid-run check share."""
+    from negschedule.callbacks import step_scale
+
+    off, on, mixed = (None, None), ("x", "y"), ("x", None)
+    assert step_scale(off, 7.5) == 7.5 and step_scale(on, 7.5) == 7.5
+    assert step_scale(off, 7.5, 11.0) == 7.5  # no negative acts: the user's scale
+    assert step_scale(on, 7.5, 11.0) == 11.0 and step_scale(mixed, 7.5, 11.0) == 11.0  # one prompt's negative acts
+    assert step_scale(off, 7.5, 11.0, cfg_off=True) is None and step_scale(on, 7.5, None, cfg_off=True) == 7.5
+
+
 # --- SDXL: pooled embeddings are timed too; "off" is the pipeline's forced zeros ---
 
 XL = dict(height=32, width=32)

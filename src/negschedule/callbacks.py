@@ -28,6 +28,20 @@ from .errors import InputError
 from .passes import step_of_passes
 
 
+def step_scale(key: NegativeKey, guidance_scale: float, guidance_scale_with_negative: float | None = None,
+               cfg_off: bool = False) -> float | None:
+    """CFG's scale at a step whose negative texts are ``key``: None where CFG is off there (``cfg_off``
+    and no negative), ``guidance_scale_with_negative`` where a negative acts (when set), else
+    ``guidance_scale``. The one rule the stock path's callback, the engine's step keys and
+    ``generate()``'s mid-run check share, so that they cannot disagree."""
+    off = all(text is None for text in key)
+    if off and cfg_off:
+        return None
+    if guidance_scale_with_negative is not None and not off:
+        return guidance_scale_with_negative
+    return guidance_scale
+
+
 def reads_scale_every_pass(pipe) -> bool:
     """Whether ``pipe``'s loop reads its guidance scale from the pipeline at every pass (``self.guidance_scale``),
     so that a callback can change it mid-run. A few stock loops (the ControlNet img2img and inpainting
@@ -114,13 +128,9 @@ class NegativeScheduleCallback(PipelineCallback):
         return not (self.cfg_off and self._off(key))
 
     def scale(self, key: NegativeKey) -> float:
-        """The pipeline's guidance scale while ``key`` is active: 1 with CFG off, the with-negative
-        scale where a negative acts (when one is set), else the user's scale."""
-        if not self._cfg_on(key):
-            return 1.0
-        if self.guidance_scale_with_negative is not None and not self._off(key):
-            return self.guidance_scale_with_negative
-        return self.guidance_scale
+        """The pipeline's guidance scale while ``key`` is active (1 where CFG is off: no CFG to scale)."""
+        scale = step_scale(key, self.guidance_scale, self.guidance_scale_with_negative, self.cfg_off)
+        return 1.0 if scale is None else scale
 
     def pipeline_kwargs(self, pipe=None) -> dict[str, Any]:
         """Arguments the pipeline call must start with so that pass 0 runs step 0's state.

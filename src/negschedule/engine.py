@@ -61,6 +61,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from .callbacks import step_scale
 from .conditioning import NegativeEncoder, NegativeKey, is_sdxl
 from .errors import InputError
 from .generate import ENCODE_ARGS, batch_size, call_defaults, check_scale_with_negative, normalize_texts, plan_encoding, plan_negatives, require_cfg
@@ -295,13 +296,7 @@ class Engine:
         if not weighted:
             _, keys = plan_encoding(self.pipe, dict(self._text_kwargs), keys)
 
-        def scale(key: NegativeKey) -> float | None:
-            off = all(t is None for t in key)
-            if off and run.cfg_off:
-                return None
-            return scale_on if scale_on is not None and not off else self.guidance_scale
-
-        return [(key, scale(key), weighted) for key in keys]
+        return [(key, step_scale(key, self.guidance_scale, scale_on, run.cfg_off), weighted) for key in keys]
 
     def _mode(self, keys: list[NegativeKey]) -> bool:
         """Whether generate() would encode a run with these step keys the A1111 way."""

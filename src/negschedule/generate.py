@@ -324,9 +324,9 @@ def generate(
     if lora_scale is not None:
         encode_kwargs["lora_scale"] = lora_scale
     if guidance_scale_with_negative is not None and guidance_scale_with_negative != guidance_scale:
-        from .callbacks import reads_scale_every_pass
+        from .callbacks import reads_scale_every_pass, step_scale
 
-        changes = any(all(t is None for t in k) for k in step_keys) and any(any(t is not None for t in k) for k in step_keys)
+        changes = len({step_scale(k, guidance_scale, guidance_scale_with_negative) for k in step_keys}) > 1
         if changes and not reads_scale_every_pass(pipe):
             raise InputError("guidance_scale_with_negative", guidance_scale_with_negative,
                              f"{type(pipe).__name__} combines CFG with the scale it was called with, so the scale cannot "
