@@ -35,6 +35,22 @@ from negschedule.models import load_pipeline
 JUMPS = (1, 2, 3)
 
 
+def walk_no_negative(sampler: GuidedSampler, seed: int, guidance_scale: float, last: int, read) -> None:
+    """Sample ``sampler``'s prompt without the negative for steps 0..``last`` and call
+    ``read(latents, step, eps_pos)`` at each: where ``auto``'s look-ahead starts when it asks
+    "if the negative starts here, is the concept gone?" (the positive prediction is the step's own)."""
+    eng = sampler.engine
+    state = eng._root(seed, sampler.keys[0][2])
+    cond_off = eng._condition(sampler.off_key)
+    extra = eng.pipe.prepare_extra_step_kwargs(None, eng.eta)
+    with torch.no_grad():
+        for p, t in enumerate(eng.timesteps[: last + 1]):
+            x = state.latents
+            eps_u, eps_pos = sampler._pass(x, state.scheduler, t, cond_off, 2)
+            read(x, p, eps_pos)
+            state.latents = state.scheduler.step(eps_u + guidance_scale * (eps_pos - eps_u), t, x, **extra, return_dict=False)[0]
+
+
 def truth_and_predictions(pipe, row, seed: int, steps: int, last: int, guidance_scale: float) -> dict:
     detector = ToyDetector(row["negative"])
     common = dict(prompt=row["prompt"], num_inference_steps=steps, guidance_scale=guidance_scale, output_type="pil")
@@ -47,24 +63,18 @@ def truth_and_predictions(pipe, row, seed: int, steps: int, last: int, guidance_
 
     sampler = GuidedSampler(pipe, None, negative_prompt=row["negative"], negative_start="auto", auto=AutoStart(signal=Signal.ROLLOUT), **common)
     decider = sampler.auto.decider(sampler, seed)
-    eng = sampler.engine
-    state = eng._root(seed, sampler.keys[0][2])
-    cond_off = eng._condition(sampler.off_key)
-    extra = eng.pipe.prepare_extra_step_kwargs(None, eng.eta)
     predicted = {j: [] for j in JUMPS}
     control = {j: [] for j in JUMPS}  # the concept seen in the same look-ahead with the negative off
     pictures = {j: [] for j in JUMPS}  # the look-aheads themselves (--images), to try other readings offline
-    with torch.no_grad():
-        for p, t in enumerate(eng.timesteps):
-            x = state.latents
-            eps_u, eps_pos = sampler._pass(x, state.scheduler, t, cond_off, 2)
-            if p <= last:
-                for j in JUMPS:
-                    picture = decider.decode(sampler._lookahead(x, p, eps_pos, j))
-                    pictures[j].append(np.asarray(picture.convert("RGB")))
-                    predicted[j].append(not decider.detector(picture))
-                    control[j].append(decider.detector(decider.decode(sampler._lookahead(x, p, eps_pos, j, negative=False))))
-            state.latents = state.scheduler.step(eps_u + guidance_scale * (eps_pos - eps_u), t, x, **extra, return_dict=False)[0]
+
+    def read(x, p, eps_pos):
+        for j in JUMPS:
+            picture = decider.decode(sampler._lookahead(x, p, eps_pos, j))
+            pictures[j].append(np.asarray(picture.convert("RGB")))
+            predicted[j].append(not decider.detector(picture))
+            control[j].append(decider.detector(decider.decode(sampler._lookahead(x, p, eps_pos, j, negative=False))))
+
+    walk_no_negative(sampler, seed, guidance_scale, last, read)
     return {"truth": truth, "ssim": ssims, "predicted": predicted, "control": control, "baseline_present": baseline_present,
             "_pictures": np.stack([np.stack(pictures[j]) for j in JUMPS])}
 

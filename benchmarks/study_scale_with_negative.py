@@ -33,6 +33,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from rollout_policies import lock_step  # noqa: E402  (the replay of guided._rollout on recorded answers)
+from study_rollout import walk_no_negative  # noqa: E402  (where auto's look-ahead starts, step by step)
 
 from negschedule.auto import AutoStart, Signal, probe_steps, rollout_decision, rollout_verified  # noqa: E402
 from negschedule.engine import Engine, EngineConfig, Run  # noqa: E402
@@ -59,17 +60,9 @@ def record(pipe, row, seed: int, scales: list[float], steps: int, last: int, gui
                                 auto=AutoStart(signal=Signal.ROLLOUT, detector=ToyDetector(row["negative"])),
                                 guidance_scale_with_negative=g, **common)
         decider = sampler.auto.decider(sampler, seed)
-        engine = sampler.engine
-        state = engine._root(seed, sampler.keys[0][2])
-        cond_off = engine._condition(sampler.off_key)
-        extra = engine.pipe.prepare_extra_step_kwargs(None, engine.eta)
         said = []
-        with torch.no_grad():
-            for p, t in enumerate(engine.timesteps[: last + 1]):
-                x = state.latents
-                eps_u, eps_pos = sampler._pass(x, state.scheduler, t, cond_off, 2)
-                said.append(not decider.detector(decider.decode(sampler._lookahead(x, p, eps_pos, 2))))
-                state.latents = state.scheduler.step(eps_u + guidance_scale * (eps_pos - eps_u), t, x, **extra, return_dict=False)[0]
+        walk_no_negative(sampler, seed, guidance_scale, last,
+                         lambda x, p, eps_pos: said.append(not decider.detector(decider.decode(sampler._lookahead(x, p, eps_pos, 2)))))
         answers[str(g)] = said
     return {**row, "seed": seed, "cells": cells, "lookahead": answers}
 
