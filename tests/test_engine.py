@@ -203,6 +203,21 @@ def test_pipeline_scheduler_is_left_alone(tiny_sd):
     assert before.step_index is None and before.model_outputs == [None] * before.config.solver_order
 
 
+@pytest.mark.parametrize("name", ["euler", "lms", "heun"])
+def test_leading_spacing_noise_scale_does_not_depend_on_the_pipelines_scheduler(tiny_sd, name):
+    """With "leading" spacing (SDXL's stock Euler) init_noise_sigma depends on the last set_timesteps:
+    the engine scales the first noise by its own scheduler's, as the stock call does, whatever the
+    pipeline's scheduler last ran (fresh, or set for another number of steps)."""
+    set_scheduler(tiny_sd, name, timestep_spacing="leading")
+    expected = reference(tiny_sd, Run(NEG, 2), 7)
+    for other in (None, 9):
+        set_scheduler(tiny_sd, name, timestep_spacing="leading")
+        if other is not None:
+            tiny_sd.scheduler.set_timesteps(other)
+        result = sample_runs(tiny_sd, [Run(NEG, 2)], seeds=[7], prompt=PROMPT, num_inference_steps=N, output_type="latent")
+        assert torch.equal(result.image(7, 0), expected), other
+
+
 @pytest.mark.parametrize(
     "kwargs, runs, argument",
     [

@@ -387,16 +387,28 @@ class Engine:
             scheduler.set_begin_index(0)
         generator = torch.Generator().manual_seed(seed)
         dtype = self._positive_embeds(weighted)["embeds"].dtype
-        latents = pipe.prepare_latents(
-            self.batch * self.num_images_per_prompt,
-            pipe.unet.config.in_channels,
-            self.height,
-            self.width,
-            dtype,
-            self.device,
-            generator,
-            None,
-        )
+        # prepare_latents scales the noise by the pipeline's scheduler's init_noise_sigma, which for
+        # "leading" spacing (SDXL's Euler) depends on that scheduler's last set_timesteps; the stock
+        # call sets it for these steps first. The engine leaves the pipeline's scheduler alone, so
+        # the stock method runs against this run's own scheduler instead.
+        own = pipe.__dict__.get("scheduler")
+        pipe.__dict__["scheduler"] = scheduler
+        try:
+            latents = pipe.prepare_latents(
+                self.batch * self.num_images_per_prompt,
+                pipe.unet.config.in_channels,
+                self.height,
+                self.width,
+                dtype,
+                self.device,
+                generator,
+                None,
+            )
+        finally:
+            if own is None:
+                pipe.__dict__.pop("scheduler", None)
+            else:
+                pipe.__dict__["scheduler"] = own
         return _State(latents, scheduler, generator)
 
     def clear_cache(self) -> None:
