@@ -406,6 +406,10 @@ def test_from_png_reads_a1111s_own_text(tmp_path):
     ("", "no 'parameters'"),
     ("a cat\nSteps: 4, Sampler: DPM adaptive, Seed: 1", "DPM adaptive"),
     ("a cat\nSteps: 4, Sampler: ddim, Seed: 1, Lora: \"style:0.8\"", "--lora"),
+    # A1111's own: a LoRA named in the prompt, a schedule type we lack, the hires fix (its "Denoising strength" is no img2img).
+    ("a cat <lora:style:0.8>\nSteps: 4, Sampler: Euler, Seed: 1, Lora hashes: \"style: 1234\"", "<lora:style:0.8>"),
+    ("a cat\nSteps: 4, Sampler: DPM++ 2M, Schedule type: Exponential, Seed: 1", "Exponential"),
+    ("a cat\nSteps: 4, Sampler: Euler, Seed: 1, Denoising strength: 0.7, Hires upscale: 2, Hires upscaler: Latent", "hires fix"),
 ])
 def test_from_png_bad_input(tmp_path, capsys, text, words):
     from PIL import PngImagePlugin
@@ -420,3 +424,16 @@ def test_from_png_bad_input(tmp_path, capsys, text, words):
     assert main(["generate", "--from-png", str(source), "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "from_png=" in err and words in err and not out.exists()
+
+
+def test_from_png_takes_lora_tags_out_of_the_prompt_when_the_files_are_given(tmp_path):
+    """A1111 strips <lora:...> from the prompt before encoding it; with --lora typed, so do we."""
+    from PIL import PngImagePlugin
+
+    from negschedule.from_png import png_arguments
+
+    info = PngImagePlugin.PngInfo()
+    info.add_text("parameters", "a red circle <lora:style:0.8>\nNegative prompt: <lora:neg:1> blue\nSteps: 4, Sampler: Euler, Seed: 1")
+    Image.new("RGB", (8, 8)).save(tmp_path / "a.png", pnginfo=info)
+    flags = png_arguments(str(tmp_path / "a.png"), {"--lora"})
+    assert flags[flags.index("--prompt") + 1] == "a red circle " and flags[flags.index("--negative-prompt") + 1].strip() == "blue"

@@ -4,8 +4,8 @@
 write into a PNG (``images.read_a1111_parameters`` reads it as A1111's PNG Info does) and put the
 matching flags before the ones typed, so that typed flags win, as they would over any default.
 A1111's own names (its samplers, "Schedule type: Karras", "Clip skip" counted from 1) are mapped
-to ours; a setting that cannot be remade here (a sampler we lack, LoRA files by name only) is one
-clear error.
+to ours; a setting that cannot be remade here (a sampler or schedule type we lack, LoRA files by
+name only, A1111's hires fix) is one clear error.
 """
 
 from __future__ import annotations
@@ -23,6 +23,10 @@ A1111_SAMPLERS = {
 }
 
 
+# A1111's extra-network tags (<lora:name:weight>, <lyco:...>, <hypernet:...>): files named in the prompt.
+LORA_TAG = re.compile(r"<(?:lora|lyco|hypernet):[^>]*>")
+
+
 def png_arguments(path: str, given: set[str]) -> list[str]:
     """The flags that remake the image at ``path`` from its ``parameters`` text; flags in ``given``
     (those typed on the command line) are left out, so the typed ones win."""
@@ -35,6 +39,17 @@ def png_arguments(path: str, given: set[str]) -> list[str]:
         raise InputError("from_png", path, "has no 'parameters' text (the settings A1111 and negschedule write)")
     prompt, negative, fields = read_a1111_parameters(text)
     out: list[str] = []
+    hires = sorted(key for key in fields if key.startswith("Hires "))
+    if hires:
+        # A1111 writes "Denoising strength" for the hires pass too: this is not an img2img picture.
+        raise InputError("from_png", path, f"was made with A1111's hires fix ({hires[0]}: {fields[hires[0]]}), "
+                                           "a second, upscaled pass that is not remade here")
+    tags = [tag for text in (prompt, negative or "") for tag in LORA_TAG.findall(text)]
+    if tags and "--lora" not in given:
+        raise InputError("from_png", path, f"names LoRA files in its prompt ({tags[0]}); give each with --lora PATH:WEIGHT")
+    # A1111 takes the tags out of the prompt before encoding it; the files come from --lora.
+    prompt = LORA_TAG.sub("", prompt)
+    negative = LORA_TAG.sub("", negative) if negative else negative
 
     def flag(name: str, *values: str) -> None:
         if name not in given:
@@ -52,8 +67,11 @@ def png_arguments(path: str, given: set[str]) -> list[str]:
             flag(name, fields[key])
     if "Sampler" in fields and "--scheduler" not in given:
         sampler = fields["Sampler"]
-        if fields.get("Schedule type") == "Karras" and not sampler.endswith("Karras"):
+        schedule = fields.get("Schedule type", "Automatic")
+        if schedule == "Karras" and not sampler.endswith("Karras"):
             sampler += " Karras"
+        elif schedule not in ("Automatic", "Uniform", "Karras"):  # Exponential, SGM Uniform, Align Your Steps, ...
+            raise InputError("from_png", path, f"its schedule type {schedule!r} has no counterpart here; give --scheduler")
         name = sampler if sampler in SCHEDULERS else A1111_SAMPLERS.get(sampler)
         if name is None:
             raise InputError("from_png", path, f"its sampler {sampler!r} has no counterpart here; give --scheduler")
