@@ -194,6 +194,9 @@ def test_returns_the_pipelines_own_output_type(tiny_sd):
         (dict(negative_start=2, guidance_scale_with_negative=True), "guidance_scale_with_negative"),
         (dict(negative_start=2, guidance_scale_with_negative=float("nan")), "guidance_scale_with_negative"),
         (dict(negative_prompt=None, guidance_scale_with_negative=9.0), "guidance_scale_with_negative"),
+        # A1111 prompt editing is timed in the negative only; in the prompt it would be read as emphasis.
+        (dict(prompt="a [red:blue:0.5] cat"), "prompt"),
+        (dict(prompt=["a cat", "[a|b] dog"]), "prompt"),
     ],
 )
 def test_bad_input_names_the_argument(tiny_sd, kwargs, argument):

@@ -57,6 +57,20 @@ def require_cfg(guidance_scale: float, argument: str = "guidance_scale") -> None
         raise InputError(argument, guidance_scale, "CFG is off at guidance_scale <= 1, so a negative prompt does nothing")
 
 
+def check_no_prompt_editing(kwargs: dict[str, Any], steps: int) -> None:
+    """Refuse A1111 prompt editing (``[a:b:when]``, ``[a|b]``) in ``prompt``/``prompt_2``: only the
+    negative's conditioning is timed here, and read as emphasis the brackets would silently encode
+    something else than A1111 samples (``[red:blue:0.5]`` as the words "red:blue:0.5" at weight 1/1.1)."""
+    from .schedule import a1111_schedule
+
+    for name in ("prompt", "prompt_2"):
+        value = kwargs.get(name)
+        for text in [value] if isinstance(value, str) else value if isinstance(value, (list, tuple)) else []:
+            if isinstance(text, str) and "[" in text and a1111_schedule(text, steps) != [(steps, text)]:
+                raise InputError(name, text, "A1111 prompt editing ([a:b:when], [a|b]) is read in the negative prompt "
+                                             "only; only the negative's conditioning changes while sampling")
+
+
 def check_scale_with_negative(value: Any) -> float | None:
     """``guidance_scale_with_negative`` as a float (None stays None): a finite number above 1, since
     it is the CFG scale of the steps where a negative acts."""
@@ -254,6 +268,7 @@ def generate(
     guidance_scale_with_negative = check_scale_with_negative(guidance_scale_with_negative)
     if guidance_scale_with_negative is not None and kwargs.get("negative_prompt") is None and not negative_windows:
         raise InputError("guidance_scale_with_negative", guidance_scale_with_negative, "needs a negative_prompt to act with")
+    check_no_prompt_editing(kwargs, kwargs.get("num_inference_steps") or 50)
     if _needs_engine(guidance, negative_start):
         if negative_windows or cfg_off:
             raise InputError("negative_windows" if negative_windows else "cfg_off", negative_windows or cfg_off, "not combined with this guidance")
