@@ -103,6 +103,20 @@ def test_sdxl_runs_equal_generate(tiny_sdxl, scheduler):
         assert torch.equal(result.image(1, r), expected), run
 
 
+@pytest.mark.parametrize("images", [1, 2])
+def test_sdxl_per_prompt_negatives_off_on_some_rows_from_step_0(tiny_sdxl, images):
+    """A row whose negative is off at step 0 gets SDXL's "no negative" (zeros) there too, as at every
+    later step and in the engine: not the encoding of "" that the stock call gives negative_prompt=[NEG, ""]."""
+    set_scheduler(tiny_sdxl, "euler")
+    prompts = [PROMPT, "a green dog"]
+    kw = dict(height=32, width=32, num_inference_steps=N, output_type="latent", num_images_per_prompt=images)
+    for negatives in ([NEG, "[:green:2]"], [NEG, ""]):
+        run = Run(negative_prompt=negatives)
+        result = sample_runs(tiny_sdxl, [run], seeds=[1], prompt=prompts, **kw)
+        expected = generate(tiny_sdxl, prompt=prompts, generator=torch.Generator().manual_seed(1), **run.generate_kwargs(), **kw).images
+        assert torch.equal(result.image(1, 0), expected), negatives
+
+
 @pytest.mark.parametrize("fixture", ["tiny_sd", "tiny_sdxl"])
 def test_a1111_weighted_and_long_negatives_equal_generate(request, fixture):
     pipe = request.getfixturevalue(fixture)

@@ -157,7 +157,21 @@ class NegativeScheduleCallback(PipelineCallback):
         second = second_negative_argument(first, self.encode_kwargs.get("prompt"), self.encode_kwargs.get("negative_prompt_2"))
         if second is not None:
             out["negative_prompt_2"] = second
+        if self._mixed_sdxl_start(first):
+            # Given negative_prompt=[NEG, ""], SDXL encodes "" for the rows whose negative is off, where
+            # every later step of this run (and the engine) gives them zeros, the pipeline's own "no
+            # negative": start from the encoder's embeddings instead (the pipeline repeats them per image).
+            embeds, n = self._encoder(first), self._encoder.num_images_per_prompt
+            out.update(negative_prompt=None, negative_prompt_embeds=embeds.prompt_embeds[::n],
+                       negative_pooled_prompt_embeds=embeds.pooled_prompt_embeds[::n])
+            out.pop("negative_prompt_2", None)
         return out
+
+    def _mixed_sdxl_start(self, key: NegativeKey) -> bool:
+        """Whether pass 0 runs SDXL with some rows' negative on and some off (zeros for those)."""
+        pipe = None if self._encoder is None else self._encoder.pipe
+        return (pipe is not None and is_sdxl(pipe) and bool(pipe.config.get("force_zeros_for_empty_prompt", False))
+                and any(t is None for t in key) and any(t is not None for t in key))
 
     def bind(self, pipe) -> "NegativeScheduleCallback":
         """Attach to ``pipe`` (sets the tensor inputs it needs); returns self."""
