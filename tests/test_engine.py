@@ -242,6 +242,7 @@ def test_leading_spacing_noise_scale_does_not_depend_on_the_pipelines_scheduler(
         (dict(guidance_scale=1.0), [Run(NEG, 1)], "guidance_scale"),
         (dict(), [Run(None, guidance_scale_with_negative=9.0)], "guidance_scale_with_negative"),
         (dict(), [Run(NEG, 1, guidance_scale_with_negative=1.0)], "guidance_scale_with_negative"),
+        (dict(prompt="a [red:blue:0.5] cat"), [Run(NEG, 1)], "prompt"),
     ],
 )
 def test_bad_input_names_the_argument(tiny_sd, kwargs, runs, argument):

@@ -64,7 +64,7 @@ import torch
 from .callbacks import step_scale
 from .conditioning import NegativeEncoder, NegativeKey, is_sdxl
 from .errors import InputError
-from .generate import ENCODE_ARGS, batch_size, call_defaults, check_scale_with_negative, normalize_texts, plan_encoding, plan_negatives, require_cfg
+from .generate import ENCODE_ARGS, batch_size, call_defaults, check_no_prompt_editing, check_scale_with_negative, normalize_texts, plan_encoding, plan_negatives, require_cfg
 from .passes import step_of_passes
 
 # One step's conditioning: the per-prompt negative texts (None = off), CFG's scale (None: CFG off), and whether
@@ -232,6 +232,7 @@ class Engine:
         self.width = kw.get("width") or pipe.unet.config.sample_size * pipe.vae_scale_factor
         self._sizes = {n: kw.get(n) for n in ("original_size", "crops_coords_top_left", "target_size")}
 
+        check_no_prompt_editing(self._text_kwargs, steps)  # as generate(): only the negative is timed
         plain = dict(self._text_kwargs)
         plan_encoding(pipe, plain, [])  # strips A1111 syntax from plain prompts, as generate() does
         encode_kwargs = {name: plain[name] for name in ENCODE_ARGS if plain.get(name) is not None}
