@@ -268,7 +268,6 @@ def generate(
     guidance_scale_with_negative = check_scale_with_negative(guidance_scale_with_negative)
     if guidance_scale_with_negative is not None and kwargs.get("negative_prompt") is None and not negative_windows:
         raise InputError("guidance_scale_with_negative", guidance_scale_with_negative, "needs a negative_prompt to act with")
-    check_no_prompt_editing(kwargs, kwargs.get("num_inference_steps") or 50)
     if _needs_engine(guidance, negative_start):
         if negative_windows or cfg_off:
             raise InputError("negative_windows" if negative_windows else "cfg_off", negative_windows or cfg_off, "not combined with this guidance")
@@ -287,6 +286,7 @@ def generate(
         steps = _custom_step_count(pipe, kwargs.get("timesteps"), kwargs.get("sigmas"))
     if isinstance(steps, bool) or not isinstance(steps, int) or steps <= 0:
         raise InputError("num_inference_steps", steps, "must be a positive integer")
+    check_no_prompt_editing(kwargs, steps)  # the engine's paths (guidance rules, auto) check it there
     guidance_scale = kwargs.get("guidance_scale", defaults.get("guidance_scale", 7.5))
 
     prompt = kwargs.get("prompt")
