@@ -46,15 +46,28 @@ def last_true(removed: np.ndarray) -> int | None:
     return int(hits[-1]) if len(hits) else None
 
 
+def earlier(rule, steps: int):
+    """``rule``'s start moved ``steps`` earlier (not before 0)."""
+    return lambda a: None if (k := rule(a)) is None else max(0, k - steps)
+
+
+def latest_every(a):
+    return last_true(a.all(0))
+
+
+def latest_any(a):
+    return last_true(a.any(0))
+
+
 # Rules on a prompt's answers (seeds x starts): the start, or None for "no start removes it" (then the latest).
 RULES = {
     "every image, from 0 on": lambda a: last_run_from_zero(a.all(0)),
     "any image, from 0 on": lambda a: last_run_from_zero(a.any(0)),
-    "latest where every image": lambda a: last_true(a.all(0)),
-    "latest where any image": lambda a: last_true(a.any(0)),
-    "latest where every image, - 1": lambda a: None if last_true(a.all(0)) is None else max(0, last_true(a.all(0)) - 1),
-    "latest where any image, - 1": lambda a: None if last_true(a.any(0)) is None else max(0, last_true(a.any(0)) - 1),
-    "latest where any image, - 2": lambda a: None if last_true(a.any(0)) is None else max(0, last_true(a.any(0)) - 2),
+    "latest where every image": latest_every,
+    "latest where any image": latest_any,
+    "latest where every image, - 1": earlier(latest_every, 1),
+    "latest where any image, - 1": earlier(latest_any, 1),
+    "latest where any image, - 2": earlier(latest_any, 2),
     "majority of images, latest": lambda a: last_true(a.mean(0) >= 0.5),
     "step 0 if it removes, else latest": lambda a: 0 if a[:, 0].any() else None,
 }
